@@ -1,0 +1,100 @@
+"""Self-contained checkpoints: weights, config, tokens and normalisation statistics in one file,
+loadable with `torch.load(weights_only=True)`."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from asr.config import Config, ConfigError
+from asr.features import FeatureExtractor, Normalizer
+from asr.model import CTCModel
+from asr.text import Tokenizer
+
+FORMAT = "asr-ctc"
+VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used; names the file and the reason."""
+
+
+def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
+    """torch.save via a temporary file and a rename, so a crash never leaves half a checkpoint."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load with weights_only=True: a file carrying pickled code is refused."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: file not found")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = (str(e).strip().splitlines() or ["unsafe content"])[0]
+        raise CheckpointError(f"{path}: refused, not a plain-weights checkpoint ({first[:200]})") from None
+    except Exception as e:
+        raise CheckpointError(f"{path}: not a readable checkpoint ({type(e).__name__})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not an asr checkpoint")
+    return ckpt
+
+
+def model_payload(cfg: Config, tokenizer: Tokenizer, normalizer: Normalizer, model: CTCModel) -> dict[str, Any]:
+    """Everything needed to use the model, and nothing about how training stood."""
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "config": cfg.to_dict(),
+        "tokens": list(tokenizer.tokens),
+        "normalizer": {"mean": normalizer.mean.cpu(), "std": normalizer.std.cpu()},
+        "model": {k: v.cpu() for k, v in model.state_dict().items()},
+    }
+
+
+@dataclass
+class Recognizer:
+    """A trained model with its feature extraction and token set: audio in, log-probabilities out."""
+
+    cfg: Config
+    tokenizer: Tokenizer
+    extractor: FeatureExtractor
+    normalizer: Normalizer
+    model: CTCModel
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, device: str = "cpu") -> Recognizer:
+        ckpt = load_checkpoint(path)
+        try:
+            cfg = Config.from_dict(ckpt["config"], where=f"{path} config")
+            tokenizer = Tokenizer(tuple(ckpt["tokens"]))
+            normalizer = Normalizer(ckpt["normalizer"]["mean"], ckpt["normalizer"]["std"])
+            extractor = FeatureExtractor(cfg.features)
+            model = CTCModel(extractor.dim, len(tokenizer), cfg.model)
+            model.load_state_dict(ckpt["model"])
+        except (KeyError, RuntimeError, ConfigError) as e:
+            raise CheckpointError(f"{path}: incomplete or mismatched checkpoint ({str(e).splitlines()[0]})") from None
+        model.eval()
+        return cls(cfg, tokenizer, extractor, normalizer.to(device), model.to(device))
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device

@@ -1,0 +1,177 @@
+"""Configuration: dataclasses, TOML on disk, `section.key=value` overrides."""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A configuration value that is missing, unknown or of the wrong type; names the key."""
+
+
+@dataclass
+class DataConfig:
+    train: str = ""  # training manifest
+    dev: str = ""  # validation manifest (WER every epoch, picks `best`)
+    max_duration: float = 30.0  # longer training utterances are left out (seconds)
+
+
+@dataclass
+class FeatureConfig:
+    kind: str = "fbank"  # fbank (log-mel) or mfcc
+    sample_rate: int = 16000
+    n_mels: int = 80
+    n_mfcc: int = 40
+    win_ms: float = 25.0
+    hop_ms: float = 10.0
+
+
+@dataclass
+class AugmentConfig:
+    """SpecAugment masks, applied to training batches only."""
+
+    freq_masks: int = 2
+    freq_width: int = 15  # maximum width of each frequency mask, in bins
+    time_masks: int = 2
+    time_width: int = 40  # maximum width of each time mask, in frames
+    time_ratio: float = 0.1  # ... and at most this fraction of the utterance
+
+
+@dataclass
+class ModelConfig:
+    stack: int = 3  # frames concatenated and subsampled before the LSTM
+    hidden: int = 256  # per direction
+    layers: int = 3
+    dropout: float = 0.2
+    bidirectional: bool = True
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 30
+    lr: float = 2e-3
+    weight_decay: float = 0.01
+    warmup_steps: int = 200
+    final_lr_ratio: float = 0.02  # cosine decay ends at lr * final_lr_ratio
+    clip_norm: float = 5.0
+    batch_frames: int = 20000  # padded input frames per batch (bucketed by length)
+    seed: int = 1
+    threads: int = 0  # torch threads; 0 keeps torch's default
+
+
+@dataclass
+class DecodeConfig:
+    batch_frames: int = 40000
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    features: FeatureConfig = field(default_factory=FeatureConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    decode: DecodeConfig = field(default_factory=DecodeConfig)
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], where: str = "config") -> Config:
+        cfg = cls()
+        for section, values in d.items():
+            if section not in _sections():
+                raise ConfigError(f"{where}: unknown section [{section}] (known: {', '.join(_sections())})")
+            if not isinstance(values, dict):
+                raise ConfigError(f"{where}: [{section}] must be a table")
+            for key, value in values.items():
+                set_value(cfg, f"{section}.{key}", value, where)
+        return cfg
+
+
+def _sections() -> list[str]:
+    return [f.name for f in fields(Config)]
+
+
+def set_value(cfg: Config, dotted: str, value: Any, where: str = "config") -> None:
+    """Set `section.key` to `value`, checking that the key exists and the type fits."""
+    section, _, key = dotted.partition(".")
+    if section not in _sections() or not key:
+        raise ConfigError(f"{where}: unknown key '{dotted}' (sections: {', '.join(_sections())})")
+    obj = getattr(cfg, section)
+    types = {f.name: f.type for f in fields(obj)}
+    if key not in types:
+        raise ConfigError(f"{where}: unknown key '{dotted}' (known: {', '.join(types)})")
+    setattr(obj, key, _coerce(value, types[key], f"{where}: {dotted}"))
+
+
+def _coerce(value: Any, type_name: str, what: str) -> Any:
+    # Annotations are strings here (from __future__ import annotations).
+    if type_name == "bool":
+        if isinstance(value, bool):
+            return value
+    elif type_name == "int":
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif type_name == "float":
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif type_name == "str":
+        if isinstance(value, str):
+            return value
+    raise ConfigError(f"{what} must be {type_name}, got {value!r}")
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """`section.key=value`; the value is read as TOML (numbers, booleans) or else as a string."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override '{text}' must look like section.key=value")
+    try:
+        value = tomllib.loads(f"v = {raw.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw.strip()
+    return key.strip(), value
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Defaults, then the TOML file, then `section.key=value` overrides."""
+    cfg = Config()
+    if path is not None:
+        path = Path(path)
+        try:
+            d = tomllib.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: file not found") from None
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+            raise ConfigError(f"{path}: not valid TOML ({e})") from None
+        cfg = Config.from_dict(d, where=str(path))
+    for text in overrides or []:
+        key, value = parse_override(text)
+        set_value(cfg, key, value, where="--set")
+    return cfg
+
+
+def to_toml(d: dict[str, dict[str, Any]]) -> str:
+    """TOML text for a two-level table of scalars and lists (what Config holds)."""
+    lines = []
+    for section, values in d.items():
+        lines.append(f"[{section}]")
+        lines += [f"{k} = {_toml_value(v)}" for k, v in values.items()]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, str):
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    raise TypeError(f"cannot write {type(v).__name__} as TOML")

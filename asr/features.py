@@ -1,0 +1,79 @@
+"""Acoustic features: log-mel filterbank or MFCC, global mean/variance normalisation, SpecAugment."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from asr.config import AugmentConfig, FeatureConfig
+
+
+class FeatureExtractor(nn.Module):
+    """Waveform (float samples at cfg.sample_rate) to (frames, dim) features."""
+
+    def __init__(self, cfg: FeatureConfig):
+        super().__init__()
+        import torchaudio.transforms as T
+
+        self.cfg = cfg
+        win = int(round(cfg.sample_rate * cfg.win_ms / 1000))
+        hop = int(round(cfg.sample_rate * cfg.hop_ms / 1000))
+        n_fft = 1 << (win - 1).bit_length()
+        mel = dict(n_fft=n_fft, win_length=win, hop_length=hop, n_mels=cfg.n_mels, center=False)
+        if cfg.kind == "fbank":
+            self.transform = T.MelSpectrogram(sample_rate=cfg.sample_rate, **mel)
+            self.dim = cfg.n_mels
+        elif cfg.kind == "mfcc":
+            self.transform = T.MFCC(sample_rate=cfg.sample_rate, n_mfcc=cfg.n_mfcc, melkwargs=mel)
+            self.dim = cfg.n_mfcc
+        else:
+            raise ValueError(f"features.kind must be 'fbank' or 'mfcc', got {cfg.kind!r}")
+        self.win = win
+
+    @torch.no_grad()
+    def forward(self, waveform: torch.Tensor) -> torch.Tensor:
+        if waveform.shape[-1] < self.win:  # shorter than one window: pad to one frame
+            waveform = nn.functional.pad(waveform, (0, self.win - waveform.shape[-1]))
+        x = self.transform(waveform)
+        if self.cfg.kind == "fbank":
+            x = torch.log(x + 1e-6)
+        return x.transpose(-1, -2).contiguous()
+
+
+class Normalizer(nn.Module):
+    """Global mean/variance normalisation with statistics of the training set."""
+
+    def __init__(self, mean: torch.Tensor, std: torch.Tensor):
+        super().__init__()
+        self.register_buffer("mean", mean.float())
+        self.register_buffer("std", std.float())
+
+    @classmethod
+    def fit(cls, features: list[torch.Tensor]) -> Normalizer:
+        total = sum(f.shape[0] for f in features)
+        s = sum(f.double().sum(0) for f in features)
+        sq = sum((f.double() ** 2).sum(0) for f in features)
+        mean = s / total
+        std = (sq / total - mean**2).clamp_min(1e-10).sqrt()
+        return cls(mean, std)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
+def spec_augment(x: torch.Tensor, lengths: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator) -> torch.Tensor:
+    """Frequency and time masks on a normalised (batch, frames, dim) tensor, set to zero (the mean)."""
+    x = x.clone()
+    batch, _, dim = x.shape
+    for b in range(batch):
+        n = int(lengths[b])
+        for _ in range(cfg.freq_masks):
+            w = int(torch.randint(0, cfg.freq_width + 1, (1,), generator=generator))
+            f0 = int(torch.randint(0, max(1, dim - w), (1,), generator=generator))
+            x[b, :n, f0 : f0 + w] = 0
+        max_t = min(cfg.time_width, int(n * cfg.time_ratio))
+        for _ in range(cfg.time_masks):
+            w = int(torch.randint(0, max_t + 1, (1,), generator=generator))
+            t0 = int(torch.randint(0, max(1, n - w), (1,), generator=generator))
+            x[b, t0 : t0 + w, :] = 0
+    return x

@@ -1,0 +1,136 @@
+"""Manifests: JSON Lines, one utterance a line, and their validation."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from asr.audio import AudioError, audio_info
+from asr.text import normalize
+
+
+@dataclass
+class Utterance:
+    id: str
+    audio: str
+    duration: float
+    text: str
+    speaker: str = ""
+
+
+@dataclass
+class Rejected:
+    id: str
+    audio: str
+    reason: str
+
+
+class ManifestError(ValueError):
+    """A manifest line that cannot be read; the message names file and line."""
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write via a temporary file, flush, fsync and rename, so readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would otherwise survive the rename
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def write_jsonl(path: str | Path, rows: Iterable[dict]) -> None:
+    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+
+
+def read_jsonl(path: str | Path) -> Iterator[dict]:
+    """Yield the JSON objects of a JSONL file; blank lines are skipped."""
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise ManifestError(f"{path}: file not found") from None
+    except UnicodeDecodeError:
+        raise ManifestError(f"{path}: not UTF-8 text") from None
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ManifestError(f"{path}:{n}: not valid JSON ({e.msg})") from None
+        if not isinstance(row, dict):
+            raise ManifestError(f"{path}:{n}: expected a JSON object")
+        yield row
+
+
+def read_manifest(path: str | Path) -> list[Utterance]:
+    """Utterances of a manifest, with audio paths resolved against the manifest's folder."""
+    path = Path(path)
+    utts = []
+    for n, row in enumerate(read_jsonl(path), 1):
+        missing = [k for k in ("id", "audio") if k not in row]
+        if missing:
+            raise ManifestError(f"{path}: entry {n} lacks {', '.join(missing)}")
+        audio = Path(row["audio"])
+        if not audio.is_absolute():
+            audio = path.parent / audio
+        utts.append(
+            Utterance(
+                id=str(row["id"]),
+                audio=str(audio),
+                duration=float(row.get("duration") or 0.0),
+                text=str(row.get("text", "")),
+                speaker=str(row.get("speaker", "")),
+            )
+        )
+    return utts
+
+
+def write_manifest(path: str | Path, utts: Iterable[Utterance]) -> None:
+    write_jsonl(path, (asdict(u) for u in utts))
+
+
+def validate(utts: Iterable[Utterance], check_audio: bool = True) -> tuple[list[Utterance], list[Rejected]]:
+    """Split utterances into usable ones and rejects with a reason each.
+
+    Checks: duplicate id, empty text, missing, unreadable or empty audio. The duration is
+    filled in from the audio header.
+    """
+    good: list[Utterance] = []
+    bad: list[Rejected] = []
+    seen: set[str] = set()
+    for u in utts:
+        reason = None
+        if u.id in seen:
+            reason = "duplicate id"
+        elif not normalize(u.text):
+            reason = "empty transcript"
+        elif check_audio:
+            try:
+                u.duration = round(audio_info(u.audio).duration, 4)
+            except AudioError as e:
+                reason = e.reason
+        seen.add(u.id)
+        if reason:
+            bad.append(Rejected(u.id, u.audio, reason))
+        else:
+            good.append(u)
+    return good, bad

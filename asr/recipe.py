@@ -1,0 +1,223 @@
+"""Recipes: prepare -> train -> decode every test set -> score, as one resumable run."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import tarfile
+import time
+import tomllib
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tqdm import tqdm
+
+from asr.config import Config, ConfigError, set_value
+from asr.corpora import prepare
+from asr.decode import decode_manifest
+from asr.manifest import atomic_write_text
+from asr.scoring import score_files
+from asr.train import export_model, train, training_complete
+
+RECIPES_DIR = Path(__file__).resolve().parents[1] / "recipes"
+STAGES = {1: "prepare", 2: "train", 3: "decode", 4: "score"}
+
+
+class RecipeError(ValueError):
+    """A recipe that cannot run; the message says what to do."""
+
+
+@dataclass
+class Recipe:
+    name: str
+    path: Path
+    corpus: str
+    config: Config
+    train_set: str = "train"
+    dev_set: str = ""
+    test_sets: list[str] = field(default_factory=lambda: ["test"])
+    url: str = ""
+    sha256: str = ""
+    archive_dir: str = ""  # folder inside the extracted archive that holds the corpus
+
+
+def find_recipe(name_or_dir: str) -> Path:
+    """A recipe folder: a path, or the name of one under ./recipes or the project's recipes/."""
+    for candidate in (Path(name_or_dir), Path("recipes") / name_or_dir, RECIPES_DIR / name_or_dir):
+        if (candidate / "config.toml").is_file():
+            return candidate
+    known = sorted(p.name for p in RECIPES_DIR.iterdir() if (p / "config.toml").is_file()) if RECIPES_DIR.is_dir() else []
+    raise RecipeError(f"{name_or_dir}: no such recipe (a folder with config.toml); known: {', '.join(known) or 'none'}")
+
+
+def load_recipe(name_or_dir: str) -> Recipe:
+    path = find_recipe(name_or_dir)
+    toml_path = path / "config.toml"
+    try:
+        d = tomllib.loads(toml_path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{toml_path}: not valid TOML ({e})") from None
+    meta = d.pop("recipe", {})
+    if "corpus" not in meta:
+        raise ConfigError(f"{toml_path}: [recipe] needs corpus = \"...\"")
+    allowed = {"corpus", "train_set", "dev_set", "test_sets", "url", "sha256", "archive_dir"}
+    unknown = set(meta) - allowed
+    if unknown:
+        raise ConfigError(f"{toml_path}: unknown key(s) in [recipe]: {', '.join(sorted(unknown))}")
+    return Recipe(name=path.name, path=path, config=Config.from_dict(d, where=str(toml_path)), **meta)
+
+
+def run_recipe(
+    name_or_dir: str,
+    out: str | Path,
+    data: str | Path | None = None,
+    stage: int = 1,
+    stop_stage: int = 4,
+    overrides: list[str] | None = None,
+    cache_dir: str | Path | None = None,
+) -> dict[str, dict]:
+    """Run the recipe's stages `stage`..`stop_stage` into `out`; returns {test set: score json}."""
+    from asr.config import parse_override
+
+    recipe = load_recipe(name_or_dir)
+    cfg = recipe.config
+    for text in overrides or []:
+        key, value = parse_override(text)
+        set_value(cfg, key, value, where="--set")
+    exp = Path(out)
+    data_dir, train_dir, model_path = exp / "data", exp / "train", exp / "model.pt"
+    cfg.data.train = str(data_dir / f"{recipe.train_set}.jsonl")
+    cfg.data.dev = str(data_dir / f"{recipe.dev_set}.jsonl") if recipe.dev_set else ""
+    needed = [recipe.train_set, *([recipe.dev_set] if recipe.dev_set else []), *recipe.test_sets]
+    timings: dict[str, float] = {}
+
+    def run(n: int) -> bool:
+        return stage <= n <= stop_stage
+
+    if run(1):
+        t0 = time.time()
+        if all((data_dir / f"{s}.jsonl").exists() for s in needed):
+            _log(f"stage 1 (prepare): {data_dir} complete, skipped")
+        else:
+            src = Path(data) if data else download_corpus(recipe, cache_dir)
+            report = prepare(recipe.corpus, src, data_dir)
+            _log(f"stage 1 (prepare): {report.summary()}")
+            missing = [s for s in needed if not (data_dir / f"{s}.jsonl").exists()]
+            if missing:
+                raise RecipeError(f"{src}: preparing {recipe.corpus} gave no usable {', '.join(missing)} split")
+        timings["prepare"] = time.time() - t0
+
+    if run(2):
+        t0 = time.time()
+        if training_complete(train_dir, cfg):
+            _log(f"stage 2 (train): {train_dir} complete, skipped")
+        else:
+            _log(f"stage 2 (train): training into {train_dir}")
+            train(cfg, train_dir)
+        best = train_dir / "best.pt"
+        if not model_path.exists() or model_path.stat().st_mtime < best.stat().st_mtime:
+            export_model(best, model_path)
+        timings["train"] = time.time() - t0
+
+    if run(3):
+        t0 = time.time()
+        for name in recipe.test_sets:
+            hyp = exp / "decode" / name / "hyp.jsonl"
+            if hyp.exists() and hyp.stat().st_mtime >= model_path.stat().st_mtime:
+                _log(f"stage 3 (decode): {hyp} complete, skipped")
+                continue
+            report = decode_manifest(model_path, data_dir / f"{name}.jsonl", hyp)
+            _log(f"stage 3 (decode): {name}: {report.decoded} utterances -> {hyp}")
+        timings["decode"] = time.time() - t0
+
+    results: dict[str, dict] = {}
+    if run(4):
+        for name in recipe.test_sets:
+            hyp = exp / "decode" / name / "hyp.jsonl"
+            result = score_files(data_dir / f"{name}.jsonl", hyp)
+            results[name] = result.to_json()
+            atomic_write_text(hyp.with_name("score.json"), json.dumps(results[name], indent=2) + "\n")
+        table = results_table(recipe, exp, results)
+        atomic_write_text(exp / "RESULTS.md", table)
+        print(table)
+    return results
+
+
+def results_table(recipe: Recipe, exp: Path, results: dict[str, dict]) -> str:
+    """Markdown table of the scores, with the training time from metrics.csv."""
+    train_seconds = ""
+    metrics = exp / "train" / "metrics.csv"
+    if metrics.exists():
+        rows = metrics.read_text().strip().splitlines()
+        if len(rows) > 1:
+            header = rows[0].split(",")
+            train_seconds = rows[-1].split(",")[header.index("elapsed_seconds")]
+    lines = [
+        f"# Results: {recipe.name}",
+        "",
+        f"Model: {exp / 'model.pt'} (greedy CTC decoding). Training time: {train_seconds} s.",
+        "",
+        "| set | utterances | words | WER % | CER % | sub | del | ins |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, r in results.items():
+        lines.append(
+            f"| {name} | {r['utterances']} | {r['ref_words']} | {r['wer']:.2f} | {r['cer']:.2f} | "
+            f"{r['substitutions']} | {r['deletions']} | {r['insertions']} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def download_corpus(recipe: Recipe, cache_dir: str | Path | None = None) -> Path:
+    """Download and extract the recipe's corpus into the cache (once); returns the corpus folder."""
+    if not recipe.url:
+        raise RecipeError(f"recipe {recipe.name} has no download address: pass a local copy with --data PATH")
+    cache = Path(cache_dir or os.environ.get("ASR_CACHE", Path.home() / ".cache" / "asr")) / recipe.corpus
+    target = cache / recipe.archive_dir if recipe.archive_dir else cache
+    done = cache / ".extracted"
+    if done.exists():
+        return target
+    cache.mkdir(parents=True, exist_ok=True)
+    archive = cache / Path(recipe.url).name
+    try:
+        _download(recipe.url, archive)
+    except (urllib.error.URLError, OSError) as e:
+        raise RecipeError(
+            f"could not download {recipe.corpus} from {recipe.url} ({getattr(e, 'reason', e)}); "
+            f"without a network, pass a local copy: asr recipe run {recipe.name} --data PATH --out EXP"
+        ) from None
+    if recipe.sha256:
+        digest = hashlib.sha256(archive.read_bytes()).hexdigest()
+        if digest != recipe.sha256:
+            archive.unlink()
+            raise RecipeError(f"{archive}: checksum mismatch (got {digest}, expected {recipe.sha256}); deleted, run again")
+    with tarfile.open(archive) as tar:
+        tar.extractall(cache, filter="data")  # no absolute paths, no links out of the cache
+    done.touch()
+    return target
+
+
+def _download(url: str, dest: Path) -> None:
+    """Download with a progress bar, resuming a partial `.part` file."""
+    if dest.exists():
+        return
+    part = dest.with_name(dest.name + ".part")
+    have = part.stat().st_size if part.exists() else 0
+    request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        if have and response.status != 206:  # server ignored the range: start over
+            have = 0
+        total = int(response.headers.get("Content-Length", 0)) + have
+        with open(part, "ab" if have else "wb") as f, tqdm(total=total or None, initial=have, unit="B", unit_scale=True, desc=dest.name) as bar:
+            while chunk := response.read(1 << 20):
+                f.write(chunk)
+                bar.update(len(chunk))
+    os.replace(part, dest)
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
