@@ -86,8 +86,8 @@ def _kaldi_entries(path: Path, numbered: list[tuple[int, str]]) -> list[tuple[in
     for n, line in numbered:
         if line.lstrip().startswith("{"):
             raise ScoringError(f"{path}:{n}: a JSON line in a Kaldi text file")
-        uid, _, text = line.strip().partition(" ")
-        entries.append((n, uid, text.strip()))
+        uid, *text = line.split(maxsplit=1)
+        entries.append((n, uid, text[0].strip() if text else ""))
     return entries
 
 
@@ -102,7 +102,8 @@ class UttAlignment:
 
     def counts(self) -> tuple[int, int, int, int]:
         """Hits, substitutions, deletions and insertions."""
-        return tuple(self.ops.count(op) for op in "CSDI")  # type: ignore[return-value]
+        c, s, d, i = (self.ops.count(op) for op in "CSDI")
+        return c, s, d, i
 
     def columns(self) -> list[tuple[str | None, str | None, str]]:
         """(ref word or None, hyp word or None, op) per aligned column."""
@@ -127,10 +128,6 @@ class ScoreResult:
     missing: list[str] = field(default_factory=list)
     extra: list[str] = field(default_factory=list)
     alignments: list[UttAlignment] = field(default_factory=list)
-
-    @property
-    def errors(self) -> int:
-        return self.substitutions + self.deletions + self.insertions
 
     def to_json(self) -> dict:
         return {
@@ -190,41 +187,44 @@ def _align_encoded(pairs: Sequence[tuple[Sequence[int], Sequence[int]]]) -> list
 def _align_batch(pairs: list[tuple[Sequence[int], Sequence[int]]], n: int, m: int) -> list[str]:
     """Fill the lattices of pairs no longer than (n, m) row by row, then trace them back.
 
-    Padding past a pair's own lengths never reaches its cells, since a cell depends only
-    on cells above and to its left.
+    Arrays put the pairs on the last axis, so one numpy operation handles a lattice row
+    of every pair. Padding past a pair's own lengths never reaches its cells, since a
+    cell depends only on cells above and to its left.
     """
     size = len(pairs)
     # Tokens sit at 1..length so that lattice cell (a, b) compares refs[a] with hyps[b];
     # the two pad values never match anything.
-    refs = np.full((size, n + 1), -1, dtype=np.int64)
-    hyps = np.full((size, m + 1), -2, dtype=np.int64)
+    refs = np.full((n + 1, size), -1, dtype=np.int64)
+    hyps = np.full((m + 1, size), -2, dtype=np.int64)
     for u, (ref, hyp) in enumerate(pairs):
-        refs[u, 1 : len(ref) + 1] = ref
-        hyps[u, 1 : len(hyp) + 1] = hyp
+        refs[1 : len(ref) + 1, u] = ref
+        hyps[1 : len(hyp) + 1, u] = hyp
 
-    back = np.empty((size, n + 1, m + 1), dtype=np.uint8)
-    back[:, 0, :] = _INS
-    back[:, :, 0] = _DEL
-    ramp = INS_COST * np.arange(m + 1, dtype=np.int64)
-    prev = np.broadcast_to(ramp, (size, m + 1))
+    # Lattice costs are held less INS_COST * column (cost 3b in row 0 becomes 0), which
+    # turns the left-to-right insertion chain of a row into a plain running minimum.
+    back = np.empty((n + 1, m + 1, size), dtype=np.uint8)
+    back[0, :] = _INS
+    back[:, 0] = _DEL
+    prev = np.zeros((m + 1, size), dtype=np.int32)
     for a in range(1, n + 1):
-        sub = prev[:, :-1] + np.where(refs[:, a : a + 1] == hyps[:, 1:], 0, SUB_COST)
-        dele = prev[:, 1:] + DEL_COST
-        # Each cell is min(sub, del, left + INS_COST); a running minimum of
-        # min(sub, del) - INS_COST * column resolves the left-to-right chain in one pass.
-        row = np.empty((size, m + 1), dtype=np.int64)
-        row[:, 0] = DEL_COST * a
-        np.minimum(sub, dele, out=row[:, 1:])
-        row = np.minimum.accumulate(row - ramp, axis=1) + ramp
-        ins = row[:, :-1] + INS_COST
-        # sclite (net_dp.c) takes the diagonal on any tie, and a deletion over an
-        # insertion only when strictly cheaper.
-        take_sub = (sub <= dele) & (sub <= ins)
-        back[:, a, 1:] = np.where(take_sub, _DIAG, np.where(dele < ins, _DEL, _INS))
+        match = (refs[a] == hyps[1:]).astype(np.int32)
+        sub = prev[:-1] + (SUB_COST - INS_COST)
+        sub -= SUB_COST * match
+        dele = prev[1:] + DEL_COST
+        row = np.empty_like(prev)
+        row[0] = DEL_COST * a
+        np.minimum(sub, dele, out=row[1:])
+        np.minimum.accumulate(row, axis=0, out=row)
+        # row[b - 1] is now the insertion cost of cell b. Like sclite (net_dp.c), take
+        # the diagonal on any tie, and a deletion over an insertion only when cheaper.
+        step = back[a, 1:]
+        np.greater_equal(dele, row[:-1], out=step, casting="unsafe")
+        step += _DEL
+        step *= sub != row[1:]  # _DIAG is 0
         prev = row
 
     # Trace all pairs back together, one step of every path at a time.
-    rows = np.arange(size)
+    cols = np.arange(size)
     a = np.array([len(ref) for ref, _ in pairs], dtype=np.int64)
     b = np.array([len(hyp) for _, hyp in pairs], dtype=np.int64)
     trace = np.zeros((size, n + m), dtype=np.uint8)
@@ -232,11 +232,11 @@ def _align_batch(pairs: list[tuple[Sequence[int], Sequence[int]]], n: int, m: in
         live = (a > 0) | (b > 0)
         if not live.any():
             break
-        step = back[rows, a, b]
+        step = back[a, b, cols]
         diag = live & (step == _DIAG)
         dele = live & (step == _DEL)
         ins = live & (step == _INS)
-        same = refs[rows, a] == hyps[rows, b]
+        same = refs[a, cols] == hyps[b, cols]
         trace[:, t] = np.select([diag & same, diag, dele, ins], _OP_CODES, 0)
         a -= diag | dele
         b -= diag | ins

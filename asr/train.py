@@ -189,10 +189,10 @@ def train(cfg: Config, exp_dir: str | Path) -> Path:
                 norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.clip_norm))
                 optimizer.step()
                 step += 1
-                losses.append(float(loss))
+                losses.append(loss.item())
                 norms.append(norm)
                 clipped += norm > cfg.train.clip_norm
-                steps_csv.writerow([step, epoch, f"{float(loss):.4f}", f"{norm:.4f}", f"{lr:.3e}"])
+                steps_csv.writerow([step, epoch, f"{losses[-1]:.4f}", f"{norm:.4f}", f"{lr:.3e}"])
                 bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}", gnorm=f"{norm:.2f}")
         elapsed += time.time() - t0
         row = {
