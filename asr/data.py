@@ -75,7 +75,7 @@ def load_features(manifest: str | Path, utts: list[Utterance], cfg: FeatureConfi
     if cache and base.with_suffix(".json").exists():
         meta = json.loads(base.with_suffix(".json").read_text())
         by_id = {u.id: u for u in utts}
-        feats = np.load(base.with_suffix(".npy"), mmap_mode="r")
+        feats = np.load(base.with_suffix(".npy"), mmap_mode="c")
         return FeatureSet([by_id[i] for i in meta["ids"]], feats, np.asarray(meta["offsets"], np.int64), [tuple(f) for f in meta["failed"]])
     fs = compute_features(utts, cfg, desc=f"features {manifest.stem}")
     if cache:
@@ -134,7 +134,7 @@ def padding_fraction(lengths: np.ndarray, batches: list[list[int]]) -> float:
 
 def ctc_feasible(n_frames: int, targets: list[int]) -> bool:
     """CTC needs one frame per token plus one between each pair of repeated tokens."""
-    repeats = sum(a == b for a, b in zip(targets, targets[1:]))
+    repeats = sum(a == b for a, b in zip(targets, targets[1:], strict=False))
     return len(targets) + repeats <= n_frames
 
 

@@ -57,7 +57,7 @@ def decode_items(rec: Recognizer, items: list[tuple[str, str]], batch_frames: in
     lengths = [len(feats[k]) for k in keys]
     for batch in tqdm(bucket_batches(lengths, batch_frames), desc="decode", unit="batch", leave=False, disable=None if progress else True):
         texts = recognize_features(rec, [feats[keys[i]] for i in batch])
-        for i, text in zip(batch, texts):
+        for i, text in zip(batch, texts, strict=True):
             yield keys[i], text, ""
 
 

@@ -28,12 +28,12 @@ class FeatureExtractor(nn.Module):
             self.dim = cfg.n_mfcc
         else:
             raise ValueError(f"features.kind must be 'fbank' or 'mfcc', got {cfg.kind!r}")
-        self.win = win
+        self.min_samples = n_fft
 
     @torch.no_grad()
     def forward(self, waveform: torch.Tensor) -> torch.Tensor:
-        if waveform.shape[-1] < self.win:  # shorter than one window: pad to one frame
-            waveform = nn.functional.pad(waveform, (0, self.win - waveform.shape[-1]))
+        if waveform.shape[-1] < self.min_samples:  # shorter than one FFT frame: pad to one frame
+            waveform = nn.functional.pad(waveform, (0, self.min_samples - waveform.shape[-1]))
         x = self.transform(waveform)
         if self.cfg.kind == "fbank":
             x = torch.log(x + 1e-6)

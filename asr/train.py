@@ -16,7 +16,15 @@ from tqdm import tqdm
 
 from asr.checkpoint import Recognizer, load_checkpoint, model_payload, save_checkpoint
 from asr.config import Config, ConfigError, to_toml
-from asr.data import FeatureSet, bucket_batches, ctc_feasible, load_features, pad_batch, padding_fraction, subsampled_length
+from asr.data import (
+    FeatureSet,
+    bucket_batches,
+    ctc_feasible,
+    load_features,
+    pad_batch,
+    padding_fraction,
+    subsampled_length,
+)
 from asr.decode import greedy_ids
 from asr.features import FeatureExtractor, Normalizer, spec_augment
 from asr.manifest import atomic_write_text, read_manifest
@@ -103,7 +111,7 @@ def evaluate(model: CTCModel, data: TrainData, normalizer: Normalizer, tokenizer
         b = data.batch(indices, normalizer)
         log_probs, out_lengths = model(b.feats, b.lengths)
         total_loss += float(ctc_loss(log_probs, out_lengths, b.targets, b.target_lengths)) * len(indices)
-        for i, ids, uid in zip(indices, greedy_ids(log_probs, out_lengths), b.ids):
+        for i, ids, uid in zip(indices, greedy_ids(log_probs, out_lengths), b.ids, strict=True):
             refs[uid] = data.features.utts[i].text
             hyps[uid] = tokenizer.decode(ids)
     result = score(refs, hyps)

@@ -1,0 +1,80 @@
+"""Shared fixtures: audio that the tests generate, so the core suite needs no corpus."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+# Each letter is a tone; a word is its letters in a row; words are separated by silence.
+TONES = {"A": 400.0, "B": 900.0, "C": 1700.0, "D": 3000.0}
+WORDS = ["AB", "BAD", "CAB", "DAD", "ADD", "BC", "DC", "CAD"]
+
+
+def tone_utterance(words: list[str], rng: np.random.Generator, sr: int = 16000) -> np.ndarray:
+    """Letters as 120 ms tones, 200 ms of silence around and between words, a little noise."""
+    gap = np.zeros(int(0.2 * sr))
+    parts = [gap]
+    for w in words:
+        for ch in w:
+            t = np.arange(int(0.12 * sr)) / sr
+            ramp = np.minimum(1, np.minimum(t, t[::-1]) / 0.01)
+            parts.append(0.5 * np.sin(2 * np.pi * TONES[ch] * t) * ramp)
+        parts.append(gap)
+    x = np.concatenate(parts)
+    return (x + 0.01 * rng.standard_normal(len(x))).astype(np.float32)
+
+
+def make_tone_corpus(root: Path, n: int, seed: int, sr: int = 16000) -> Path:
+    """Write n utterances of 1-3 tone words and a manifest; returns the manifest path."""
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i in range(n):
+        words = [WORDS[j] for j in rng.integers(0, len(WORDS), rng.integers(1, 4))]
+        audio = tone_utterance(words, rng, sr)
+        path = root / f"utt{i:03d}.wav"
+        sf.write(path, audio, sr)
+        rows.append({"id": f"s{seed}-utt{i:03d}", "audio": path.name, "duration": len(audio) / sr, "text": " ".join(words), "speaker": f"s{seed}"})
+    manifest = root / "manifest.jsonl"
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return manifest
+
+
+@pytest.fixture(scope="session")
+def tone_corpus(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("tones")
+    return {
+        "train": make_tone_corpus(root / "train", 160, seed=1),
+        "dev": make_tone_corpus(root / "dev", 16, seed=2),
+        "test": make_tone_corpus(root / "test", 16, seed=3),
+    }
+
+
+TONE_CONFIG = """
+[features]
+n_mels = 40
+
+[augment]
+freq_masks = 1
+freq_width = 4
+time_masks = 0
+
+[model]
+stack = 2
+hidden = 64
+layers = 1
+dropout = 0.0
+
+[train]
+epochs = 15
+lr = 0.006
+warmup_steps = 10
+batch_frames = 1500
+seed = 1
+"""

@@ -1,0 +1,50 @@
+from pathlib import Path
+
+import pytest
+
+from asr.config import Config, ConfigError, load_config, parse_override, to_toml
+
+
+def test_defaults_file_and_overrides(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text("[model]\nhidden = 128\n[train]\nlr = 1e-3\n")
+    cfg = load_config(path, ["model.layers=2", "train.lr=0.01", "data.train=x.jsonl", "model.bidirectional=false"])
+    assert cfg.model.hidden == 128
+    assert cfg.model.layers == 2
+    assert cfg.train.lr == 0.01
+    assert cfg.data.train == "x.jsonl"
+    assert cfg.model.bidirectional is False
+    assert cfg.train.epochs == Config().train.epochs
+
+
+def test_toml_round_trip() -> None:
+    cfg = load_config(None, ["model.hidden=77", "features.kind=mfcc"])
+    import tomllib
+
+    assert Config.from_dict(tomllib.loads(to_toml(cfg.to_dict()))) == cfg
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[model]\nhiden = 3\n", "model.hiden"),
+        ("[modle]\nhidden = 3\n", "modle"),
+        ("[model]\nhidden = 'big'\n", "model.hidden must be int"),
+        ("[train]\nlr = true\n", "train.lr must be float"),
+        ("[model\n", "not valid TOML"),
+    ],
+)
+def test_errors_name_the_key(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        load_config(path)
+
+
+def test_override_syntax() -> None:
+    assert parse_override("train.lr=3e-4") == ("train.lr", 3e-4)
+    assert parse_override("data.train=some/path.jsonl") == ("data.train", "some/path.jsonl")
+    with pytest.raises(ConfigError, match="section.key=value"):
+        parse_override("train.lr")
+    with pytest.raises(ConfigError, match="unknown key 'train.rate'"):
+        load_config(None, ["train.rate=1"])

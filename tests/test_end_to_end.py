@@ -1,0 +1,114 @@
+"""Train on generated tone "words", then decode, transcribe, score and resume through the CLI."""
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from cli.main import app
+from tests.conftest import TONE_CONFIG
+
+runner = CliRunner()
+
+
+def invoke(*args: str):
+    result = runner.invoke(app, [str(a) for a in args])
+    assert result.exit_code == 0, (result.output, result.exception)
+    return result
+
+
+@pytest.fixture(scope="module")
+def trained(tone_corpus: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("exp")
+    config = root / "tones.toml"
+    config.write_text(TONE_CONFIG)
+    exp = root / "exp"
+    invoke("train", config, "--out", exp, "--set", f"data.train={tone_corpus['train']}", "--set", f"data.dev={tone_corpus['dev']}")
+    return exp
+
+
+def test_training_writes_self_contained_checkpoints(trained: Path) -> None:
+    for name in ["best.pt", "last.pt"]:
+        ckpt = torch.load(trained / name, weights_only=True)
+        assert {"config", "tokens", "normalizer", "model"} <= set(ckpt)
+        assert ckpt["tokens"][:2] == ["<blank>", "|"]
+    rows = list(csv.DictReader(open(trained / "metrics.csv")))
+    assert [int(r["epoch"]) for r in rows] == list(range(1, len(rows) + 1))
+    assert float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"]) / 10
+    steps = list(csv.DictReader(open(trained / "steps.csv")))
+    assert len(steps) == int(rows[-1]["step"]) and all(float(s["grad_norm"]) > 0 for s in steps)
+    assert (trained / "config.toml").exists()
+
+
+def test_model_learns_the_tone_words(trained: Path, tone_corpus: dict[str, Path], tmp_path: Path) -> None:
+    hyp = tmp_path / "hyp.jsonl"
+    invoke("decode", trained / "best.pt", tone_corpus["test"], "--out", hyp)
+    assert len(hyp.read_text().splitlines()) == 16
+    scores = json.loads(invoke("score", tone_corpus["test"], hyp, "--json").stdout)
+    assert scores["utterances"] == 16
+    assert scores["wer"] <= 15.0, scores
+    assert scores["cer"] <= 5.0, scores
+
+
+def test_transcribe_prints_path_and_text(trained: Path, tone_corpus: dict[str, Path]) -> None:
+    wavs = sorted(tone_corpus["test"].parent.glob("*.wav"))[:2]
+    lines = invoke("transcribe", trained / "best.pt", *wavs).stdout.strip().splitlines()
+    assert [line.split("\t")[0] for line in lines] == [str(w) for w in wavs]
+    assert all(line.split("\t")[1].strip() for line in lines)
+    rows = [json.loads(line) for line in invoke("transcribe", trained / "best.pt", wavs[0], "--json").stdout.splitlines()]
+    assert rows[0]["path"] == str(wavs[0]) and rows[0]["text"]
+
+
+def test_rerun_resumes_from_last(trained: Path, tone_corpus: dict[str, Path], tmp_path: Path) -> None:
+    import shutil
+
+    exp = tmp_path / "exp"
+    shutil.copytree(trained, exp)
+    done = len(list(csv.DictReader(open(exp / "metrics.csv"))))
+    config = tmp_path / "tones.toml"
+    config.write_text(TONE_CONFIG)
+    data = ["--set", f"data.train={tone_corpus['train']}", "--set", f"data.dev={tone_corpus['dev']}"]
+    result = invoke("train", config, "--out", exp, *data, "--set", f"train.epochs={done + 1}")
+    assert "resuming" in result.output and f"after epoch {done}" in result.output
+    rows = list(csv.DictReader(open(exp / "metrics.csv")))
+    assert [int(r["epoch"]) for r in rows] == list(range(1, done + 2))
+    assert torch.load(exp / "last.pt", weights_only=True)["train_state"]["epoch"] == done + 1
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "asr", *map(str, args)], capture_output=True, text=True, timeout=120)
+
+
+def test_bad_input_gives_one_line_and_non_zero_exit(trained: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "broken.wav"
+    bad.write_bytes(b"RIFF....not really a wav")
+    r = run_cli("transcribe", trained / "best.pt", bad)
+    assert r.returncode != 0
+    assert "Traceback" not in r.stderr
+    assert str(bad) in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+    r = run_cli("transcribe", tmp_path / "no-such-model.pt", bad)
+    assert r.returncode == 1 and "no-such-model.pt: file not found" in r.stderr and "Traceback" not in r.stderr
+
+    config = tmp_path / "c.toml"
+    config.write_text("[model]\nhiden = 3\n")
+    r = run_cli("train", config, "--out", tmp_path / "x")
+    assert r.returncode == 1 and "model.hiden" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_checkpoint_with_pickled_code_is_refused(tmp_path: Path) -> None:
+    import pickle
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    path = tmp_path / "evil.pt"
+    torch.save({"format": "asr-ctc", "payload": Evil()}, path, pickle_protocol=pickle.DEFAULT_PROTOCOL)
+    r = run_cli("transcribe", path, tmp_path / "x.wav")
+    assert r.returncode == 1 and "refused" in r.stderr and "pwned" not in r.stdout

@@ -1,0 +1,57 @@
+"""Recipes: the yesno recipe end to end on the real corpus (skipped without it), and the
+download stage's message when there is no network."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from asr.recipe import RecipeError, download_corpus, load_recipe, run_recipe
+from tests.conftest import SHARED_DATA
+
+
+def test_shipped_recipes_load() -> None:
+    for name in ["yesno", "an4", "fsdd"]:
+        recipe = load_recipe(name)
+        assert recipe.corpus == name and recipe.test_sets
+
+
+def test_unknown_recipe_lists_known_ones() -> None:
+    with pytest.raises(RecipeError, match="known: an4, fsdd, yesno"):
+        load_recipe("nope")
+
+
+def test_download_failure_says_how_to_use_a_local_copy(tmp_path: Path) -> None:
+    recipe = load_recipe("yesno")
+    recipe.url = (tmp_path / "missing.tar.gz").as_uri()
+    with pytest.raises(RecipeError, match="--data PATH"):
+        download_corpus(recipe, cache_dir=tmp_path / "cache")
+
+
+def test_download_extracts_safely(tmp_path: Path) -> None:
+    import tarfile
+
+    src = tmp_path / "src" / "waves_yesno"
+    src.mkdir(parents=True)
+    (src / "0_1.wav").write_bytes(b"x")
+    archive = tmp_path / "waves_yesno.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(src, arcname="waves_yesno")
+    recipe = load_recipe("yesno")
+    recipe.url = archive.as_uri()
+    target = download_corpus(recipe, cache_dir=tmp_path / "cache")
+    assert (target / "0_1.wav").exists()
+    assert download_corpus(recipe, cache_dir=tmp_path / "cache") == target  # cached: no second download
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "yesno").is_dir(), reason="yesno corpus not in ../shared/data")
+def test_yesno_recipe_end_to_end(tmp_path: Path) -> None:
+    exp = tmp_path / "yesno"
+    results = run_recipe("yesno", exp, data=SHARED_DATA / "yesno")
+    assert results["test"]["wer"] <= 1.0, results
+    assert results["test"]["utterances"] == 30
+    for path in ["model.pt", "decode/test/hyp.jsonl", "decode/test/score.json", "RESULTS.md", "data/train.jsonl"]:
+        assert (exp / path).exists(), path
+    assert json.loads((exp / "decode/test/score.json").read_text()) == results["test"]
+    # A second run finds every stage complete and only re-scores.
+    assert run_recipe("yesno", exp, data=SHARED_DATA / "yesno") == results
