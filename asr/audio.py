@@ -1,14 +1,59 @@
-"""Audio reading: any soundfile format (wav, flac, NIST sphere, ...), mono, resampled."""
+"""Audio reading: any soundfile format (wav, flac, NIST sphere, ...), mono, resampled.
+
+Every file that cannot be used raises `AudioError`, whose reason is one line:
+
+- missing / not a file / unreadable: "file not found", "not a file", "cannot read (...)";
+- 0 bytes: "empty file"; a valid header with no samples: "no audio samples";
+- not audio at all (text, a PNG or other known file type, random bytes) or a header cut
+  short or corrupt: "not readable as audio (...)", saying what it looks like;
+- an encoding libsndfile cannot decode (e.g. MP3 or AC-3 inside a WAV, shorten-compressed
+  NIST sphere): "unsupported encoding (...)" with the format tag / coding when known;
+- a header that cannot be true: "implausible sample rate ..." (outside 1 kHz-768 kHz) or
+  "implausible length ..." (more frames than a file of that size can hold);
+- audio data that fails to decode after a good header: "corrupt or truncated audio data (...)";
+  a FLAC file cut short is caught by `audio_info` too (it decodes the last frame);
+- NaN or Inf samples: "samples contain NaN or Inf".
+
+Truncated WAV data (the data chunk declares more bytes than the file holds, but whole
+samples are there) is loaded as far as it goes, as soundfile/libsndfile, and therefore
+lhotse, do; Kaldi's wave reader did the same for years with the warning "Read fewer bytes
+than specified in the header" (its current version asserts instead). So a recording cut
+by an interrupted copy keeps its audio, `audio_info(...).frames` counts the frames really
+there (the duration written to manifests matches what loads), and `AudioInfo.truncated`
+and the notes of `load_audio_with_notes` say it was cut. A cut FLAC stream is rejected
+instead: libsndfile cannot decode it and its true length is unknown.
+
+Usable but unusual audio loads and is reported in `LoadedAudio.notes`: several channels
+(averaged to mono), another sample rate (resampled), truncation, clipping
+(`clipping_fraction`), silence (`is_silent`), float samples beyond full scale.
+"""
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".sph", ".ogg", ".mp3", ".opus", ".aiff", ".aif", ".au")
+
+# Header values outside these bounds come from corrupt headers, not recordings.
+MIN_SAMPLE_RATE = 1000
+MAX_SAMPLE_RATE = 768000
+# Decoded samples per byte of file: FLAC-coded digital silence reaches a few hundred, so a
+# header claiming more than this is lying (e.g. a corrupt MP3 Xing header claiming 10^10 frames).
+MAX_SAMPLES_PER_BYTE = 10000
+
+CLIPPING_THRESHOLD = 0.99  # |x| at or above this counts as full scale (8-bit peaks are 0.992)
+CLIPPING_NOTE = 0.001  # load_audio_with_notes notes clipping above this fraction of samples
+SILENCE_FLOOR = 1e-4  # -80 dBFS: a file whose peak is at or below this is silent
+_MAX_KERNEL = 1_000_000  # resample: largest (new/g) x (orig/g) ratio used exactly
+
+_FLOAT_SUBTYPES = ("FLOAT", "DOUBLE")
+_PCM_SUBTYPES = ("PCM_U8", "PCM_S8", "PCM_16", "PCM_24", "PCM_32", "FLOAT", "DOUBLE", "ULAW", "ALAW")
 
 
 class AudioError(ValueError):
@@ -22,54 +67,319 @@ class AudioError(ValueError):
 
 @dataclass(frozen=True)
 class AudioInfo:
+    """Header facts. `frames` is what the file holds; `declared_frames` what a WAV header
+    declares (None when unknown or not a WAV), so `truncated` tells a cut WAV."""
+
     sample_rate: int
     frames: int
     channels: int
+    subtype: str = ""
+    declared_frames: int | None = None
 
     @property
     def duration(self) -> float:
         return self.frames / self.sample_rate
 
+    @property
+    def truncated(self) -> bool:
+        return self.declared_frames is not None and self.frames < self.declared_frames
+
+
+@dataclass(frozen=True)
+class LoadedAudio:
+    """Samples (float32, mono, at `sample_rate`), the file's header facts and notes on
+    what was done or found: "mixed down from 2 channels", "resampled from 8000 Hz",
+    "truncated: ...", "clipped: ...", "silent", "float samples beyond full scale ..."."""
+
+    samples: np.ndarray
+    sample_rate: int
+    info: AudioInfo
+    notes: tuple[str, ...] = ()
+
+    @property
+    def mixed_down(self) -> bool:
+        return self.info.channels > 1
+
+    @property
+    def resampled(self) -> bool:
+        return self.info.sample_rate != self.sample_rate
+
 
 def audio_info(path: str | Path) -> AudioInfo:
-    """Header facts of an audio file; raises AudioError if it is missing, unreadable or empty."""
+    """Header facts of an audio file; raises AudioError if it is missing, unreadable or empty.
+
+    Reads the header only, except for float-coded files (FLOAT/DOUBLE subtypes, the only
+    ones that can hold NaN or Inf), whose samples are scanned so that such files are
+    rejected here too (a read of the file, block by block).
+    """
     path = Path(path)
-    if not path.is_file():
-        raise AudioError(path, "file not found")
-    if path.stat().st_size == 0:
-        raise AudioError(path, "empty file")
-    try:
-        info = sf.info(str(path))
-    except Exception as e:  # soundfile raises several types for bad files
-        raise AudioError(path, f"not readable as audio ({_first_line(e)})") from None
-    if info.frames <= 0:
-        raise AudioError(path, "no audio samples")
-    return AudioInfo(info.samplerate, info.frames, info.channels)
+    info = _probe(path)
+    if info.subtype in _FLOAT_SUBTYPES:
+        try:
+            for block in sf.blocks(str(path), blocksize=1 << 16, dtype="float32", always_2d=True):
+                if not np.isfinite(block).all():
+                    raise AudioError(path, "samples contain NaN or Inf")
+        except AudioError:
+            raise
+        except Exception as e:
+            raise AudioError(path, f"corrupt or truncated audio data ({_sf_message(e)})") from None
+    return info
 
 
 def load_audio(path: str | Path, sample_rate: int = 16000) -> np.ndarray:
-    """Samples as float32 mono at `sample_rate`; channels are averaged."""
-    audio_info(path)
+    """Samples as float32 mono at `sample_rate`; channels are averaged.
+
+    See `load_audio_with_notes` for the same samples plus what was done to them.
+    """
+    return load_audio_with_notes(path, sample_rate).samples
+
+
+def load_audio_with_notes(path: str | Path, sample_rate: int = 16000) -> LoadedAudio:
+    """Samples as float32 mono at `sample_rate` (channels averaged, resampled), with notes.
+
+    Raises AudioError for anything unusable (see the module docstring). Clipping, silence
+    and truncation are measured on the file's own samples, before mixing and resampling.
+    """
+    path = Path(path)
+    info = _probe(path)
     try:
         samples, sr = sf.read(str(path), dtype="float32", always_2d=True)
+    except MemoryError:
+        raise AudioError(path, f"too large to load ({info.frames} frames x {info.channels} channels)") from None
     except Exception as e:
-        raise AudioError(path, f"not readable as audio ({_first_line(e)})") from None
+        message = _sf_message(e)
+        if "unimplemented" in message or "not supported" in message.lower():
+            raise AudioError(path, f"unsupported encoding ({info.subtype or 'unknown'}: {message})") from None
+        raise AudioError(path, f"corrupt or truncated audio data ({message})") from None
     if samples.shape[0] == 0:
         raise AudioError(path, "no audio samples")
     if not np.isfinite(samples).all():
         raise AudioError(path, "samples contain NaN or Inf")
-    samples = samples.mean(axis=1)
+
+    notes = []
+    if info.channels > 1:
+        notes.append(f"mixed down from {info.channels} channels")
     if sr != sample_rate:
-        samples = resample(samples, sr, sample_rate)
-    return np.ascontiguousarray(samples, dtype=np.float32)
+        notes.append(f"resampled from {sr} Hz")
+    if info.truncated:
+        notes.append(f"truncated: the header declares {info.declared_frames} frames, the file holds {info.frames}")
+    peak = float(np.abs(samples).max())
+    clipped = clipping_fraction(samples)
+    if peak > 1.0:
+        notes.append(f"float samples beyond full scale (peak {peak:.3g})")
+    elif clipped > CLIPPING_NOTE:
+        notes.append(f"clipped: {100 * clipped:.1f}% of samples at full scale")
+    if peak <= SILENCE_FLOOR:
+        notes.append("silent")
+
+    mono = samples.mean(axis=1) if samples.shape[1] > 1 else samples[:, 0]
+    if sr != sample_rate:
+        mono = resample(mono, sr, sample_rate)
+    return LoadedAudio(np.ascontiguousarray(mono, dtype=np.float32), sample_rate, info, tuple(notes))
+
+
+def clipping_fraction(samples: np.ndarray, threshold: float = CLIPPING_THRESHOLD) -> float:
+    """Fraction of samples (any shape, float full scale 1.0) whose magnitude is at or above
+    `threshold`. A handful of peaks at full scale is common; whole stretches mean clipping."""
+    samples = np.asarray(samples)
+    if samples.size == 0:
+        return 0.0
+    return float(np.count_nonzero(np.abs(samples) >= threshold)) / samples.size
+
+
+def is_silent(samples: np.ndarray, floor: float = SILENCE_FLOOR) -> bool:
+    """True when no sample's magnitude exceeds `floor` (default -80 dBFS); all zeros is silent."""
+    samples = np.asarray(samples)
+    return samples.size == 0 or float(np.abs(samples).max()) <= floor
 
 
 def resample(samples: np.ndarray, orig_sr: int, new_sr: int) -> np.ndarray:
+    """Band-limited resampling (torchaudio's sinc interpolation).
+
+    torchaudio builds a kernel of about (new/g) x (orig/g) taps, g = gcd(orig, new): fine for
+    44100 -> 16000 (160 x 441), gigabytes for an odd rate such as 44101 Hz. Such ratios are
+    replaced by the nearest ratio of small integers, which changes the length (and pitch)
+    by far less than can be heard: 44101 Hz by about a millionth, 8001 Hz (read as 8000 Hz)
+    by 0.0125%.
+    """
     import torch
     import torchaudio.functional as AF
 
-    return AF.resample(torch.from_numpy(samples), orig_sr, new_sr).numpy()
+    if orig_sr == new_sr:
+        return samples
+    exact = Fraction(int(new_sr), int(orig_sr))
+    ratio = exact
+    for limit in (1000, 300, 100, 30, 10):
+        if ratio.numerator * ratio.denominator <= _MAX_KERNEL:
+            break
+        ratio = exact.limit_denominator(limit)
+    if ratio == 0:
+        raise ValueError(f"cannot resample {orig_sr} Hz to {new_sr} Hz")
+    x = torch.from_numpy(np.ascontiguousarray(samples, dtype=np.float32))
+    return AF.resample(x, ratio.denominator, ratio.numerator).numpy()
 
 
-def _first_line(e: Exception) -> str:
-    return (str(e).strip().splitlines() or [type(e).__name__])[0]
+# --- header checks ------------------------------------------------------------------------
+
+
+def _probe(path: Path) -> AudioInfo:
+    """Header facts with every header-level check; AudioError with a reason otherwise."""
+    if not path.exists():
+        raise AudioError(path, "file not found")
+    if not path.is_file():
+        raise AudioError(path, "not a file")
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(4096)
+    except OSError as e:
+        raise AudioError(path, f"cannot read ({e.strerror or type(e).__name__})") from None
+    if size == 0:
+        raise AudioError(path, "empty file")
+    wav = _wav_header(path) if head[:4] == b"RIFF" and head[8:12] == b"WAVE" else None
+    try:
+        info = sf.info(str(path))
+    except Exception as e:
+        raise AudioError(path, _why_unreadable(head, wav, _sf_message(e))) from None
+    if info.frames <= 0:
+        raise AudioError(path, "no audio samples")
+    if not MIN_SAMPLE_RATE <= info.samplerate <= MAX_SAMPLE_RATE:
+        raise AudioError(path, f"implausible sample rate {info.samplerate} Hz (corrupt header?)")
+    if info.frames * info.channels > MAX_SAMPLES_PER_BYTE * size:
+        raise AudioError(path, f"implausible length: the header claims {info.frames} frames in {size} bytes (corrupt header?)")
+    if info.format == "FLAC":
+        _check_flac_end(path, info.frames)
+    declared = None
+    if wav is not None and wav.block_align and not wav.streamed and info.subtype in _PCM_SUBTYPES:
+        declared = wav.data_size // wav.block_align
+    return AudioInfo(info.samplerate, info.frames, info.channels, info.subtype, declared)
+
+
+def _check_flac_end(path: Path, frames: int) -> None:
+    """Decode a FLAC file's last frame (a seek: a few reads) so that a stream cut short,
+    whose header still counts every frame, is caught without decoding the whole file."""
+    try:
+        with sf.SoundFile(str(path)) as f:
+            f.seek(frames - 1)
+            got = len(f.read(1, dtype="float32"))
+    except Exception:
+        got = 0
+    if got == 0:
+        raise AudioError(path, f"corrupt or truncated audio data (the header's {frames} frames cannot all be decoded)")
+
+
+@dataclass(frozen=True)
+class _WavHeader:
+    format_tag: int | None = None  # the SubFormat's tag for WAVE_FORMAT_EXTENSIBLE
+    block_align: int = 0
+    data_size: int = 0
+    streamed: bool = False  # data size 0 or 0xFFFFFFFF: unknown, read to the end
+    cut: bool = False  # the file ends (or a chunk size points past its end) before the data chunk
+
+
+def _wav_header(path: Path) -> _WavHeader:
+    """Walk a RIFF/WAVE file's chunks up to `data`; never raises on bad bytes."""
+    fmt: tuple[int, int] | None = None
+    with open(path, "rb") as f:
+        riff_size = int.from_bytes(f.read(12)[4:8], "little")
+        pos = 12
+        while True:
+            f.seek(pos)
+            chunk = f.read(8)
+            if len(chunk) < 8:
+                return _WavHeader(*(fmt or (None, 0)), cut=True)
+            size = int.from_bytes(chunk[4:], "little")
+            if chunk[:4] == b"fmt ":
+                body = f.read(min(size, 40))
+                if len(body) < 16:
+                    return _WavHeader(cut=True)
+                tag, _, _, _, block_align, _ = struct.unpack("<HHIIHH", body[:16])
+                if tag == 0xFFFE and len(body) >= 26:
+                    tag = int.from_bytes(body[24:26], "little")
+                fmt = (tag, block_align)
+            elif chunk[:4] == b"data":
+                streamed = size == 0xFFFFFFFF or (size == 0 and riff_size in (0, 0xFFFFFFFF))
+                return _WavHeader(*(fmt or (None, 0)), data_size=size, streamed=streamed)
+            pos += 8 + size + (size & 1)
+
+
+# WAV format tags libsndfile decodes, and names for some it does not.
+_WAV_DECODED = {0x0001, 0x0002, 0x0003, 0x0006, 0x0007, 0x0011, 0x0031, 0x0040}
+_WAV_TAG_NAMES = {
+    0x0050: "MPEG",
+    0x0055: "MPEG layer 3",
+    0x00FF: "AAC",
+    0x0160: "WMA v1",
+    0x0161: "WMA",
+    0x0162: "WMA Pro",
+    0x0163: "WMA lossless",
+    0x0092: "Dolby AC-3 SPDIF",
+    0x1610: "HE-AAC",
+    0x2000: "AC-3",
+    0x2001: "DTS",
+    0x0022: "TrueSpeech",
+    0x0270: "ATRAC3",
+}
+_AUDIO_MAGIC = (
+    (b"fLaC", "FLAC"),
+    (b"NIST_1A", "NIST sphere"),
+    (b"OggS", "Ogg"),
+    (b"FORM", "AIFF"),
+    (b".snd", "AU"),
+    (b"RIFF", "RIFF"),
+    (b"RF64", "RF64"),
+)
+_MAGIC = (
+    (b"\x89PNG", "a PNG image"),
+    (b"\xff\xd8\xff", "a JPEG image"),
+    (b"GIF8", "a GIF image"),
+    (b"%PDF", "a PDF document"),
+    (b"PK\x03\x04", "a zip archive"),
+    (b"\x1f\x8b", "gzip data"),
+    (b"\x7fELF", "an executable"),
+)
+
+
+def _why_unreadable(head: bytes, wav: _WavHeader | None, message: str) -> str:
+    """The reason for a file that libsndfile will not open."""
+    if wav is not None:
+        tag = wav.format_tag
+        if tag is not None and tag not in _WAV_DECODED:
+            name = _WAV_TAG_NAMES.get(tag, "unknown")
+            return f"unsupported encoding (WAV format tag 0x{tag:04X}, {name})"
+        if wav.cut:
+            return f"not readable as audio (WAV header cut short or corrupt: {message})"
+        return f"not readable as audio (corrupt WAV header: {message})"
+    if head.startswith(b"NIST_1A"):
+        coding = head.split(b"sample_coding", 1)[1].split(b"\n", 1)[0].split()[-1:] if b"sample_coding" in head else []
+        if coding and coding[0] != b"pcm":
+            name = coding[0].decode("ascii", "replace")
+            hint = "; decompress it with sph2pipe first" if b"shorten" in coding[0] else ""
+            return f"unsupported encoding (NIST sphere sample_coding {name}{hint})"
+    for magic, name in _AUDIO_MAGIC:
+        if head.startswith(magic):
+            return f"not readable as audio (corrupt or cut short {name} header: {message})"
+    for magic, what in _MAGIC:
+        if head.startswith(magic):
+            return f"not readable as audio (looks like {what})"
+    if _looks_like_text(head):
+        return "not readable as audio (looks like text)"
+    return f"not readable as audio ({message})"
+
+
+def _looks_like_text(head: bytes) -> bool:
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError as e:
+        if e.start < len(head) - 3:  # only a character cut at the end of the 4 KB is forgiven
+            return False
+        text = head[: e.start].decode("utf-8")
+    return bool(text) and all(c.isprintable() or c in "\t\n\r" for c in text)
+
+
+def _sf_message(e: BaseException) -> str:
+    """libsndfile's message without its "Error opening '<path>': " prefix (the path is said once)."""
+    message = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    if message.startswith("Error opening ") and "': " in message:
+        message = message.split("': ", 1)[1]
+    return message or type(e).__name__

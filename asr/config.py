@@ -58,6 +58,7 @@ class TrainConfig:
     final_lr_ratio: float = 0.02  # cosine decay ends at lr * final_lr_ratio
     clip_norm: float = 5.0
     batch_frames: int = 20000  # padded input frames per batch (bucketed by length)
+    max_nonfinite: int = 20  # consecutive non-finite steps (skipped) before training stops
     seed: int = 1
     threads: int = 0  # torch threads; 0 keeps torch's default
 

@@ -4,9 +4,14 @@ validation WER every epoch, `best` and `last` checkpoints, resumable."""
 from __future__ import annotations
 
 import csv
+import fcntl
 import math
+import os
+import signal
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,7 +37,7 @@ from asr.model import CTCModel, count_parameters, ctc_loss
 from asr.scoring import score
 from asr.text import Tokenizer
 
-METRICS = ["epoch", "step", "lr", "train_loss", "grad_norm_mean", "grad_norm_max", "clipped", "dev_loss", "dev_wer", "dev_cer", "epoch_seconds", "elapsed_seconds"]
+METRICS = ["epoch", "step", "lr", "train_loss", "grad_norm_mean", "grad_norm_max", "clipped", "skipped", "dev_loss", "dev_wer", "dev_cer", "epoch_seconds", "elapsed_seconds"]
 
 
 @dataclass
@@ -118,10 +123,66 @@ def evaluate(model: CTCModel, data: TrainData, normalizer: Normalizer, tokenizer
     return total_loss / len(data.features), result.wer, result.cer
 
 
+class TrainingError(RuntimeError):
+    """Training cannot go on; the message says why and what is kept."""
+
+
+@contextmanager
+def experiment_lock(exp: Path) -> Iterator[None]:
+    """One training process per experiment directory. flock is released by the kernel when the
+    process dies, even by SIGKILL, so a stale lock never blocks a rerun."""
+    path = exp / ".lock"
+    with open(path, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            pid = f.read().strip() or "?"
+            raise TrainingError(f"{exp}: another training process (pid {pid}) is using this directory") from None
+        f.seek(0)
+        f.truncate()
+        f.write(str(os.getpid()))
+        f.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+class StopRequest:
+    """Ctrl-C (SIGINT) asks training to stop after the current step, so the checkpoint written
+    on the way out is consistent; a second Ctrl-C stops at once."""
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    @contextmanager
+    def installed(self) -> Iterator[StopRequest]:
+        try:
+            previous = signal.signal(signal.SIGINT, self._handle)
+        except ValueError:  # not the main thread: leave signals alone
+            yield self
+            return
+        try:
+            yield self
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
+    def _handle(self, signum: int, frame: object) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+
 def train(cfg: Config, exp_dir: str | Path) -> Path:
     """Train into `exp_dir` (resuming from `exp_dir/last.pt` if it exists); returns the best checkpoint's path."""
     exp = Path(exp_dir)
     exp.mkdir(parents=True, exist_ok=True)
+    with experiment_lock(exp), StopRequest().installed() as stop:
+        return _train(cfg, exp, stop)
+
+
+def _train(cfg: Config, exp: Path, stop: StopRequest) -> Path:
     if not cfg.data.train:
         raise ConfigError("data.train: no training manifest given")
     if cfg.train.threads > 0:
@@ -149,9 +210,9 @@ def train(cfg: Config, exp_dir: str | Path) -> Path:
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
 
     lengths = train_data.features.lengths()
-    steps_per_epoch = len(bucket_batches(lengths, cfg.train.batch_frames))
-    total_steps = steps_per_epoch * cfg.train.epochs
-    start_epoch, step, best_wer, elapsed = 1, 0, math.inf, 0.0
+    first_batches = bucket_batches(lengths, cfg.train.batch_frames)
+    total_steps = len(first_batches) * cfg.train.epochs
+    start_epoch, step, best_wer, elapsed, partial = 1, 0, math.inf, 0.0, None
     generator = torch.Generator().manual_seed(cfg.train.seed)
     if resume:
         state = resume["train_state"]
@@ -160,15 +221,17 @@ def train(cfg: Config, exp_dir: str | Path) -> Path:
         start_epoch, step, best_wer, elapsed = state["epoch"] + 1, state["step"], state["best_wer"], state["elapsed"]
         generator.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
-        print(f"resuming from {last_path} after epoch {state['epoch']}", file=sys.stderr)
+        partial = state.get("partial")
+        where = f"epoch {start_epoch}, batch {partial['done'] + 1}" if partial else f"after epoch {state['epoch']}"
+        print(f"resuming from {last_path} {where}", file=sys.stderr)
     else:
         atomic_write_text(exp / "config.toml", to_toml(cfg.to_dict()))
 
     print(
         f"train: {len(train_data.features)} utts, {lengths.sum() / 100 / 3600:.2f} h; "
         f"dev: {len(dev_data.features) if dev_data else 0} utts; tokens: {len(tokenizer)}; "
-        f"parameters: {count_parameters(model) / 1e6:.2f} M; {steps_per_epoch} batches/epoch, "
-        f"padding {padding_fraction(lengths, bucket_batches(lengths, cfg.train.batch_frames)):.1%}",
+        f"parameters: {count_parameters(model) / 1e6:.2f} M; {len(first_batches)} batches/epoch, "
+        f"padding {padding_fraction(lengths, first_batches):.1%}",
         file=sys.stderr,
     )
     metrics_path = exp / "metrics.csv"
@@ -176,15 +239,33 @@ def train(cfg: Config, exp_dir: str | Path) -> Path:
     _truncate_csv(metrics_path, METRICS, "epoch", start_epoch - 1)
     _truncate_csv(steps_path, ["step", "epoch", "loss", "grad_norm", "lr"], "step", step)
 
+    def save_last(epoch_done: int, partial_state: dict | None = None) -> None:
+        payload = model_payload(cfg, tokenizer, normalizer, model)
+        payload["train_state"] = {
+            "epoch": epoch_done,
+            "step": step,
+            "best_wer": best_wer,
+            "elapsed": elapsed,
+            "optimizer": optimizer.state_dict(),
+            "generator": generator.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "partial": partial_state,
+        }
+        save_checkpoint(last_path, payload)
+
     for epoch in range(start_epoch, cfg.train.epochs + 1):
         model.train()
         t0 = time.time()
-        batches = bucket_batches(lengths, cfg.train.batch_frames, generator)
-        losses, norms, clipped = [], [], 0
-        bar = tqdm(batches, desc=f"epoch {epoch}/{cfg.train.epochs}", unit="batch", leave=False, disable=None)
+        if partial:  # finish the epoch that was interrupted, with its own batches
+            batches, done, stats = partial["batches"], partial["done"], partial["stats"]
+            partial = None
+        else:
+            batches, done, stats = bucket_batches(lengths, cfg.train.batch_frames, generator), 0, {"losses": [], "norms": [], "clipped": 0, "skipped": 0}
+        consecutive_bad = 0
+        bar = tqdm(batches, desc=f"epoch {epoch}/{cfg.train.epochs}", unit="batch", leave=False, disable=None, initial=done)
         with open(steps_path, "a", newline="") as steps_file:
             steps_csv = csv.writer(steps_file)
-            for indices in bar:
+            for indices in batches[done:]:
                 lr = cfg.train.lr * lr_factor(step, cfg.train.warmup_steps, total_steps, cfg.train.final_lr_ratio)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
@@ -193,16 +274,37 @@ def train(cfg: Config, exp_dir: str | Path) -> Path:
                 log_probs, out_lengths = model(x, b.lengths)
                 loss = ctc_loss(log_probs, out_lengths, b.targets, b.target_lengths)
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.clip_norm))
+                norm = math.nan
+                if torch.isfinite(loss):
+                    loss.backward()
+                    norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.clip_norm))
+                done += 1
+                bar.update()
+                if not math.isfinite(norm):  # a non-finite loss or gradient: skip the update
+                    stats["skipped"] += 1
+                    consecutive_bad += 1
+                    if consecutive_bad >= cfg.train.max_nonfinite:
+                        raise TrainingError(
+                            f"{consecutive_bad} consecutive steps with a non-finite loss or gradient (epoch {epoch}); "
+                            f"stopped. The last good checkpoint is {last_path}; try a lower train.lr"
+                        )
+                    continue
+                consecutive_bad = 0
                 optimizer.step()
                 step += 1
-                losses.append(loss.item())
-                norms.append(norm)
-                clipped += norm > cfg.train.clip_norm
-                steps_csv.writerow([step, epoch, f"{losses[-1]:.4f}", f"{norm:.4f}", f"{lr:.3e}"])
-                bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}", gnorm=f"{norm:.2f}")
+                stats["losses"].append(loss.item())
+                stats["norms"].append(norm)
+                stats["clipped"] += norm > cfg.train.clip_norm
+                steps_csv.writerow([step, epoch, f"{stats['losses'][-1]:.4f}", f"{norm:.4f}", f"{lr:.3e}"])
+                bar.set_postfix(loss=f"{np.mean(stats['losses'][-20:]):.3f}", gnorm=f"{norm:.2f}")
+                if stop.requested and done < len(batches):
+                    bar.close()
+                    elapsed += time.time() - t0
+                    save_last(epoch - 1, {"batches": batches, "done": done, "stats": stats})
+                    _interrupted(last_path, f"epoch {epoch}, batch {done}/{len(batches)}")
+        bar.close()
         elapsed += time.time() - t0
+        losses, norms = stats["losses"] or [math.nan], stats["norms"] or [math.nan]
         row = {
             "epoch": epoch,
             "step": step,
@@ -210,7 +312,8 @@ def train(cfg: Config, exp_dir: str | Path) -> Path:
             "train_loss": f"{np.mean(losses):.4f}",
             "grad_norm_mean": f"{np.mean(norms):.3f}",
             "grad_norm_max": f"{np.max(norms):.3f}",
-            "clipped": clipped,
+            "clipped": stats["clipped"],
+            "skipped": stats["skipped"],
         }
         if dev_data:
             dev_loss, dev_wer, dev_cer = evaluate(model, dev_data, normalizer, tokenizer, cfg.decode.batch_frames)
@@ -222,25 +325,22 @@ def train(cfg: Config, exp_dir: str | Path) -> Path:
         print(
             f"epoch {epoch}: train loss {row['train_loss']}"
             + (f", dev loss {row['dev_loss']}, dev WER {row['dev_wer']}%, CER {row['dev_cer']}%" if dev_data else "")
+            + (f", {stats['skipped']} non-finite steps skipped" if stats["skipped"] else "")
             + f" ({row['epoch_seconds']} s)",
             file=sys.stderr,
         )
-
-        payload = model_payload(cfg, tokenizer, normalizer, model)
         if dev_wer < best_wer:
             best_wer = dev_wer
-            save_checkpoint(best_path, payload)
-        payload["train_state"] = {
-            "epoch": epoch,
-            "step": step,
-            "best_wer": best_wer,
-            "elapsed": elapsed,
-            "optimizer": optimizer.state_dict(),
-            "generator": generator.get_state(),
-            "torch_rng": torch.get_rng_state(),
-        }
-        save_checkpoint(last_path, payload)
+            save_checkpoint(best_path, model_payload(cfg, tokenizer, normalizer, model))
+        save_last(epoch)
+        if stop.requested and epoch < cfg.train.epochs:
+            _interrupted(last_path, f"the end of epoch {epoch}")
     return best_path
+
+
+def _interrupted(last_path: Path, where: str) -> None:
+    print(f"interrupted: saved {last_path} at {where}; run the same command to resume", file=sys.stderr)
+    raise KeyboardInterrupt
 
 
 def training_complete(exp_dir: str | Path, cfg: Config) -> bool:
