@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from asr.audio import AudioError, load_audio
+from asr.audio import AUDIO_EXTENSIONS, AudioError, load_audio
 from asr.checkpoint import Recognizer
 from asr.data import bucket_batches, pad_batch
 from asr.manifest import read_manifest, write_jsonl
@@ -77,6 +77,21 @@ def decode_manifest(model: str | Path | Recognizer, manifest: str | Path, out: s
     write_jsonl(out, ({"id": u.id, "text": texts[u.id]} for u in utts if u.id in texts))
     seconds = sum(u.duration for u in utts if u.id in texts)
     return DecodeReport(len(texts), failed, seconds)
+
+
+def find_audio(inputs: Iterable[str | Path]) -> list[str]:
+    """Expand inputs into audio paths: files as given, directories searched recursively by audio
+    extension (sorted), and `-` read as a list of paths from stdin, one per line."""
+    paths: list[str] = []
+    for item in inputs:
+        item = str(item)
+        if item == "-":
+            paths += [line.strip() for line in sys.stdin if line.strip()]
+        elif Path(item).is_dir():
+            paths += sorted(str(p) for p in Path(item).rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file())
+        else:
+            paths.append(item)
+    return paths
 
 
 def transcribe(model: str | Path | Recognizer, paths: Iterable[str | Path], batch_frames: int | None = None) -> Iterator[tuple[str, str | None, str]]:

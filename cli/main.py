@@ -85,14 +85,17 @@ def decode_cmd(
 @app.command("transcribe")
 def transcribe_cmd(
     model: Annotated[Path, typer.Argument(help="A checkpoint (model.pt).")],
-    audio: Annotated[list[Path], typer.Argument(help="Audio files.")],
+    audio: Annotated[list[str], typer.Argument(help="Audio files, directories (searched recursively) or - for a list of paths on stdin.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines {\"path\", \"text\"}.")] = False,
 ) -> None:
-    """Transcribe audio files: prints `path<TAB>text`, one line each."""
-    from asr.decode import transcribe
+    """Transcribe audio: prints `path<TAB>text`, one line each. Unreadable files are reported and skipped."""
+    from asr.decode import find_audio, transcribe
 
+    paths = find_audio(audio)
+    if not paths:
+        raise typer.BadParameter("no audio files found", param_hint="AUDIO")
     failed = 0
-    for path, text, reason in transcribe(model, audio):
+    for path, text, reason in transcribe(model, paths):
         if text is None:
             failed += 1
             typer.echo(f"error: {path}: {reason}", err=True)
@@ -101,7 +104,10 @@ def transcribe_cmd(
         else:
             typer.echo(f"{path}\t{text}")
     if failed:
-        raise typer.Exit(1)
+        if len(paths) > 1:
+            typer.echo(f"{failed} of {len(paths)} files could not be transcribed", err=True)
+        if failed == len(paths):
+            raise typer.Exit(1)
 
 
 @app.command("score")

@@ -136,12 +136,8 @@ def test_corrupt_mp3_header_claiming_billions_of_frames_is_rejected(tmp_path: Pa
     b[xing + 8 : xing + 12] = struct.pack(">I", 0x7FFFFFFF)  # frame count field
     path = tmp_path / "liar.mp3"
     path.write_bytes(bytes(b))
-    try:
-        info = audio_info(path)
-    except AudioError as e:
-        assert e.reason.startswith(("implausible length", "not readable", "corrupt")), e.reason
-    else:
-        assert info.duration < 10  # libsndfile did not believe the header either
+    with pytest.raises(AudioError, match="implausible length: the header claims"):
+        audio_info(path)
 
 
 # --- unusual but usable audio ----------------------------------------------------------------
@@ -322,6 +318,7 @@ def test_prepare_folder_sorts_good_and_bad_files(tmp_path: Path) -> None:
         capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120,
     )
     assert r.returncode == 0, r.stderr
+    print(r.stdout, r.stderr, (out / "rejected.jsonl").read_text(), sep="\n")
     assert "Traceback" not in r.stderr and "Traceback" not in r.stdout
 
     kept = {row["id"]: row for row in map(json.loads, (out / "all.jsonl").read_text().splitlines())}

@@ -112,3 +112,28 @@ def test_checkpoint_with_pickled_code_is_refused(tmp_path: Path) -> None:
     torch.save({"format": "asr-ctc", "payload": Evil()}, path, pickle_protocol=pickle.DEFAULT_PROTOCOL)
     r = run_cli("transcribe", path, tmp_path / "x.wav")
     assert r.returncode == 1 and "refused" in r.stderr and "pwned" not in r.stdout
+
+
+def test_transcribe_folder_and_stdin_skips_bad_files(trained: Path, tone_corpus: dict[str, Path], tmp_path: Path) -> None:
+    import shutil
+
+    folder = tmp_path / "mixed" / "sub"
+    folder.mkdir(parents=True)
+    good = sorted(tone_corpus["test"].parent.glob("*.wav"))[:3]
+    for w in good:
+        shutil.copy(w, folder / w.name)
+    (folder / "broken.wav").write_bytes(b"not audio")
+    (folder / "notes.txt").write_text("ignored: not an audio extension")
+    r = run_cli("transcribe", trained / "best.pt", tmp_path / "mixed")
+    assert r.returncode == 0, r.stderr
+    assert sorted(line.split("\t")[0] for line in r.stdout.splitlines()) == sorted(str(folder / w.name) for w in good)
+    assert f"error: {folder / 'broken.wav'}:" in r.stderr and "1 of 4 files" in r.stderr and "Traceback" not in r.stderr
+
+    listed = subprocess.run(
+        [sys.executable, "-m", "asr", "transcribe", str(trained / "best.pt"), "-"],
+        input="\n".join(str(folder / w.name) for w in good[:2]) + "\n",
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert listed.returncode == 0 and len(listed.stdout.splitlines()) == 2
