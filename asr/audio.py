@@ -9,7 +9,8 @@ Every file that cannot be used raises `AudioError`, whose reason is one line:
 - an encoding libsndfile cannot decode (e.g. MP3 or AC-3 inside a WAV, shorten-compressed
   NIST sphere): "unsupported encoding (...)" with the format tag / coding when known;
 - a header that cannot be true: "implausible sample rate ..." (outside 1 kHz-768 kHz) or
-  "implausible length ..." (more frames than a file of that size can hold);
+  "implausible length ..." (more frames than a file of that size can hold); one that does not
+  say: "unknown length ..." (a FLAC written to a pipe has no sample count);
 - audio data that fails to decode after a good header: "corrupt or truncated audio data (...)";
   a FLAC file cut short is caught by `audio_info` too (it decodes the last frame);
 - NaN or Inf samples: "samples contain NaN or Inf".
@@ -51,6 +52,7 @@ CLIPPING_THRESHOLD = 0.99  # |x| at or above this counts as full scale (8-bit pe
 CLIPPING_NOTE = 0.001  # load_audio_with_notes notes clipping above this fraction of samples
 SILENCE_FLOOR = 1e-4  # -80 dBFS: a file whose peak is at or below this is silent
 _MAX_KERNEL = 1_000_000  # resample: largest (new/g) x (orig/g) ratio used exactly
+_UNKNOWN_FRAMES = 2**63 - 1  # libsndfile's frame count when a header leaves it open (SF_COUNT_MAX)
 
 _FLOAT_SUBTYPES = ("FLOAT", "DOUBLE")
 _PCM_SUBTYPES = ("PCM_U8", "PCM_S8", "PCM_16", "PCM_24", "PCM_32", "FLOAT", "DOUBLE", "ULAW", "ALAW")
@@ -245,6 +247,8 @@ def _probe(path: Path) -> AudioInfo:
         raise AudioError(path, "no audio samples")
     if not MIN_SAMPLE_RATE <= info.samplerate <= MAX_SAMPLE_RATE:
         raise AudioError(path, f"implausible sample rate {info.samplerate} Hz (corrupt header?)")
+    if info.frames == _UNKNOWN_FRAMES:
+        raise AudioError(path, "unknown length: the header does not count the samples (a streamed FLAC?); re-encode the file")
     if info.frames * info.channels > MAX_SAMPLES_PER_BYTE * size:
         raise AudioError(path, f"implausible length: the header claims {info.frames} frames in {size} bytes (corrupt header?)")
     if info.format == "FLAC":
@@ -277,13 +281,16 @@ class _WavHeader:
     cut: bool = False  # the file ends (or a chunk size points past its end) before the data chunk
 
 
+_MAX_WAV_CHUNKS = 64  # real files have a handful before `data`; a zero-filled one would have millions
+
+
 def _wav_header(path: Path) -> _WavHeader:
     """Walk a RIFF/WAVE file's chunks up to `data`; never raises on bad bytes."""
     fmt: tuple[int, int] | None = None
     with open(path, "rb") as f:
         riff_size = int.from_bytes(f.read(12)[4:8], "little")
         pos = 12
-        while True:
+        for _ in range(_MAX_WAV_CHUNKS):
             f.seek(pos)
             chunk = f.read(8)
             if len(chunk) < 8:
@@ -301,6 +308,7 @@ def _wav_header(path: Path) -> _WavHeader:
                 streamed = size == 0xFFFFFFFF or (size == 0 and riff_size in (0, 0xFFFFFFFF))
                 return _WavHeader(*(fmt or (None, 0)), data_size=size, streamed=streamed)
             pos += 8 + size + (size & 1)
+    return _WavHeader(*(fmt or (None, 0)), streamed=True)  # no data chunk among the first chunks: size unknown
 
 
 # WAV format tags libsndfile decodes, and names for some it does not.
@@ -382,4 +390,8 @@ def _sf_message(e: BaseException) -> str:
     message = (str(e).strip().splitlines() or [type(e).__name__])[0]
     if message.startswith("Error opening ") and "': " in message:
         message = message.split("': ", 1)[1]
+    if "does not exist or is not a regular file" in message:
+        # What libsndfile says when its MPEG probe gives up on bytes that merely start like an
+        # MPEG frame; the file exists (checked before), so that text would mislead.
+        message = "unrecognised or corrupt data"
     return message or type(e).__name__

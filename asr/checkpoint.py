@@ -98,3 +98,9 @@ class Recognizer:
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
+
+    @torch.inference_mode()
+    def log_probs(self, feats: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Raw (unnormalised) features (B, T, D) -> log-probabilities (B, T', V) and lengths T'."""
+        log_probs, out_lengths = self.model(self.normalizer(feats.to(self.device)), lengths)
+        return log_probs.float().cpu(), out_lengths.cpu()

@@ -65,7 +65,11 @@ class TrainConfig:
 
 @dataclass
 class DecodeConfig:
-    batch_frames: int = 40000
+    batch_frames: int = 40000  # padded feature frames per decoding batch
+    beam_size: int = 50
+    beam_threshold: float = 25.0
+    lm_weight: float = 2.0
+    word_score: float = 0.0
 
 
 @dataclass
@@ -154,6 +158,20 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         key, value = parse_override(text)
         set_value(cfg, key, value, where="--set")
     return cfg
+
+
+def load_decode_settings(cfg: DecodeConfig, path: str | Path) -> None:
+    """Apply the [decode] table of a TOML file (such as one written by `asr tune-decoder`)."""
+    path = Path(path)
+    try:
+        d = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file not found") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: not valid TOML ({e})") from None
+    holder = Config(decode=cfg)
+    for key, value in d.get("decode", {}).items():
+        set_value(holder, f"decode.{key}", value, where=str(path))
 
 
 def to_toml(d: dict[str, dict[str, Any]]) -> str:

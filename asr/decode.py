@@ -1,82 +1,118 @@
-"""Greedy CTC decoding of manifests and audio files."""
+"""Decoding: manifests and audio files to text, greedy or beam search, with word timestamps.
+
+An acoustic model is anything with `cfg`, `tokenizer`, `extractor` and
+`log_probs(feats, lengths)`: a checkpoint's Recognizer or an exported model.
+"""
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from tqdm import tqdm
 
-from asr.audio import AUDIO_EXTENSIONS, AudioError, load_audio
+from asr.audio import AUDIO_EXTENSIONS, AudioError, audio_info, load_audio
+from asr.beam import Hypothesis, build_decoder
 from asr.checkpoint import Recognizer
 from asr.data import bucket_batches, pad_batch
 from asr.manifest import read_manifest, write_jsonl
 
-
-def greedy_ids(log_probs: torch.Tensor, lengths: torch.Tensor, blank: int = 0) -> list[list[int]]:
-    """Best token per frame, repeats merged, blanks removed."""
-    best = log_probs.argmax(-1).cpu()
-    out = []
-    for b, n in enumerate(lengths.tolist()):
-        seq = torch.unique_consecutive(best[b, :n]).tolist()
-        out.append([t for t in seq if t != blank])
-    return out
+Decoder = Callable[[torch.Tensor, torch.Tensor], list[list[Hypothesis]]]
+LONG_AUDIO_SECONDS = 30.0  # longer files are split at pauses and decoded segment by segment
 
 
-@torch.inference_mode()
-def recognize_features(rec: Recognizer, feats: list[torch.Tensor]) -> list[str]:
-    """Texts for a batch of raw (unnormalised) feature matrices."""
-    x, lengths = pad_batch([rec.normalizer(f) for f in feats])
-    log_probs, out_lengths = rec.model(x.to(rec.device), lengths)
-    return [rec.tokenizer.decode(ids) for ids in greedy_ids(log_probs, out_lengths)]
+def load_model(path: str | Path) -> Any:
+    """A checkpoint (.pt) or an exported model (TorchScript / ONNX)."""
+    from asr.export import ExportedModel, is_exported
+
+    return ExportedModel.load(path) if is_exported(path) else Recognizer.from_checkpoint(path)
+
+
+@dataclass
+class Decoded:
+    key: str
+    hyps: list[Hypothesis] | None  # None when the audio could not be read
+    reason: str = ""
+    log_probs: torch.Tensor | None = None  # (T', V), kept only when asked for
+
+
+def decode_items(
+    model: Any,
+    items: list[tuple[str, str | Path]],
+    decoder: Decoder | None = None,
+    batch_frames: int | None = None,
+    keep_log_probs: bool = False,
+    progress: bool = True,
+) -> Iterator[Decoded]:
+    """Decode (key, audio path) pairs in length-bucketed batches; unreadable audio yields
+    a Decoded with `hyps=None` and the reason."""
+    decoder = decoder or build_decoder(model, model.cfg.decode)
+    sr = model.cfg.features.sample_rate
+    feats: dict[str, torch.Tensor] = {}
+    for key, path in tqdm(items, desc="features", unit="utt", leave=False, disable=None if progress else True):
+        try:
+            feats[key] = model.extractor(torch.from_numpy(load_audio(path, sr)))
+        except AudioError as e:
+            yield Decoded(key, None, e.reason)
+    keys = list(feats)
+    yield from _decode_features(model, keys, [feats[k] for k in keys], decoder, batch_frames or model.cfg.decode.batch_frames, keep_log_probs, progress)
+
+
+def _decode_features(model: Any, keys: list[str], feats: list[torch.Tensor], decoder: Decoder, batch_frames: int, keep_log_probs: bool, progress: bool) -> Iterator[Decoded]:
+    batches = bucket_batches([len(f) for f in feats], batch_frames)
+    for batch in tqdm(batches, desc="decode", unit="batch", leave=False, disable=None if progress else True):
+        x, lengths = pad_batch([feats[i] for i in batch])
+        log_probs, out_lengths = model.log_probs(x, lengths)
+        for j, (i, hyps) in enumerate(zip(batch, decoder(log_probs, out_lengths), strict=True)):
+            yield Decoded(keys[i], hyps, log_probs=log_probs[j, : out_lengths[j]] if keep_log_probs else None)
 
 
 @dataclass
 class DecodeReport:
     decoded: int
-    failed: list[tuple[str, str]]  # (id or path, reason)
+    failed: list[tuple[str, str]]  # (id, reason)
     audio_seconds: float
+    seconds: float
 
 
-def decode_items(rec: Recognizer, items: list[tuple[str, str]], batch_frames: int, progress: bool = True) -> Iterator[tuple[str, str | None, str]]:
-    """Decode (key, audio path) pairs in length-bucketed batches.
-
-    Yields (key, text, "") for each decoded item and (key, None, reason) for unreadable audio.
-    """
-    sr = rec.cfg.features.sample_rate
-    feats: dict[str, torch.Tensor] = {}
-    for key, path in tqdm(items, desc="features", unit="utt", leave=False, disable=None if progress else True):
-        try:
-            feats[key] = rec.extractor(torch.from_numpy(load_audio(path, sr)))
-        except AudioError as e:
-            yield key, None, e.reason
-    keys = list(feats)
-    lengths = [len(feats[k]) for k in keys]
-    for batch in tqdm(bucket_batches(lengths, batch_frames), desc="decode", unit="batch", leave=False, disable=None if progress else True):
-        texts = recognize_features(rec, [feats[keys[i]] for i in batch])
-        for i, text in zip(batch, texts, strict=True):
-            yield keys[i], text, ""
-
-
-def decode_manifest(model: str | Path | Recognizer, manifest: str | Path, out: str | Path, batch_frames: int | None = None) -> DecodeReport:
-    """Decode every utterance of a manifest into a hypothesis JSONL of {"id", "text"} lines,
-    in manifest order. Unreadable audio is reported and left out."""
-    rec = model if isinstance(model, Recognizer) else Recognizer.from_checkpoint(model)
+def decode_manifest(
+    model: str | Path | Any,
+    manifest: str | Path,
+    out: str | Path,
+    decoder: Decoder | None = None,
+    batch_frames: int | None = None,
+    nbest: int = 1,
+) -> DecodeReport:
+    """Decode every utterance of a manifest into a hypothesis JSONL of {"id", "text"} lines (plus
+    "nbest": [{"text", "score"}] when nbest > 1), in manifest order. Unreadable audio is reported
+    and left out."""
+    t0 = time.time()
+    model = load_model(model) if isinstance(model, (str, Path)) else model
     utts = read_manifest(manifest)
-    texts: dict[str, str] = {}
+    results: dict[str, list[Hypothesis]] = {}
     failed = []
-    for key, text, reason in decode_items(rec, [(u.id, u.audio) for u in utts], batch_frames or rec.cfg.decode.batch_frames):
-        if text is None:
-            failed.append((key, reason))
-            print(f"warning: {key}: {reason} (skipped)", file=sys.stderr)
+    for d in decode_items(model, [(u.id, u.audio) for u in utts], decoder, batch_frames):
+        if d.hyps is None:
+            failed.append((d.key, d.reason))
+            print(f"warning: {d.key}: {d.reason} (skipped)", file=sys.stderr)
         else:
-            texts[key] = text
-    write_jsonl(out, ({"id": u.id, "text": texts[u.id]} for u in utts if u.id in texts))
-    seconds = sum(u.duration for u in utts if u.id in texts)
-    return DecodeReport(len(texts), failed, seconds)
+            results[d.key] = d.hyps
+
+    def row(uid: str) -> dict:
+        hyps = results[uid]
+        r: dict[str, Any] = {"id": uid, "text": hyps[0].text}
+        if nbest > 1:
+            r["nbest"] = [{"text": h.text, "score": round(h.score, 4)} for h in hyps[:nbest]]
+        return r
+
+    write_jsonl(out, (row(u.id) for u in utts if u.id in results))
+    seconds = sum(u.duration for u in utts if u.id in results)
+    return DecodeReport(len(results), failed, seconds, time.time() - t0)
 
 
 def find_audio(inputs: Iterable[str | Path]) -> list[str]:
@@ -94,12 +130,126 @@ def find_audio(inputs: Iterable[str | Path]) -> list[str]:
     return paths
 
 
-def transcribe(model: str | Path | Recognizer, paths: Iterable[str | Path], batch_frames: int | None = None) -> Iterator[tuple[str, str | None, str]]:
-    """(path, text, "") for each readable audio file, (path, None, reason) for the others, in input order."""
-    rec = model if isinstance(model, Recognizer) else Recognizer.from_checkpoint(model)
-    paths = [str(p) for p in paths]
-    results = {}
-    for key, text, reason in decode_items(rec, [(p, p) for p in paths], batch_frames or rec.cfg.decode.batch_frames, progress=len(paths) > 20):
-        results[key] = (text, reason)
-    for p in paths:
-        yield (p, *results[p])
+@dataclass
+class FileResult:
+    path: str
+    text: str | None  # None when the file could not be read
+    reason: str = ""
+    words: list = field(default_factory=list)  # asr.align.Word, times in seconds in the file
+    duration: float = 0.0
+    seconds: float = 0.0  # processing time
+
+
+def transcribe(
+    model: str | Path | Any,
+    paths: Iterable[str | Path],
+    decoder: Decoder | None = None,
+    timestamps: bool = False,
+    batch_frames: int | None = None,
+    progress: bool = False,
+) -> Iterator[FileResult]:
+    """Transcribe audio files, in input order. Files up to 30 s are decoded in length-bucketed
+    batches; longer ones are split at pauses and decoded segment by segment, so memory does not
+    grow with the file's length. With `timestamps`, each word gets start, end and confidence."""
+    model = load_model(model) if isinstance(model, (str, Path)) else model
+    decoder = decoder or build_decoder(model, model.cfg.decode)
+    frame_seconds = model.cfg.model.stack * model.cfg.features.hop_ms / 1000
+    pending: list[str] = []
+
+    def flush() -> Iterator[FileResult]:
+        t0 = time.time()
+        decoded = list(decode_items(model, [(p, p) for p in pending], decoder, batch_frames, keep_log_probs=timestamps, progress=False))
+        each = (time.time() - t0) / max(1, len(pending))
+        by_key = {d.key: d for d in decoded}
+        for p in pending:
+            d = by_key[p]
+            if d.hyps is None:
+                yield FileResult(p, None, d.reason)
+                continue
+            words = _words(model, d.log_probs, d.hyps[0], frame_seconds, 0.0) if timestamps else []
+            yield FileResult(p, d.hyps[0].text, words=words, duration=audio_info(p).duration, seconds=each)
+        pending.clear()
+
+    for p in tqdm([str(p) for p in paths], desc="transcribe", unit="file", disable=None if progress else True):
+        try:
+            duration = audio_info(p).duration
+        except AudioError as e:
+            yield from flush()
+            yield FileResult(p, None, e.reason)
+            continue
+        if duration <= LONG_AUDIO_SECONDS:
+            pending.append(p)
+            if len(pending) >= 64:
+                yield from flush()
+            continue
+        yield from flush()
+        yield _transcribe_long(model, p, decoder, timestamps, frame_seconds, duration)
+    yield from flush()
+
+
+def _transcribe_long(model: Any, path: str, decoder: Decoder, timestamps: bool, frame_seconds: float, duration: float) -> FileResult:
+    from asr.segment import iter_segments
+
+    t0 = time.time()
+    texts, words = [], []
+    try:
+        for seg in iter_segments(path, model.cfg.features.sample_rate, max_seconds=LONG_AUDIO_SECONDS):
+            f = model.extractor(torch.from_numpy(seg.samples))
+            log_probs, lengths = model.log_probs(f[None], torch.tensor([len(f)]))
+            hyp = decoder(log_probs, lengths)[0][0]
+            if hyp.text:
+                texts.append(hyp.text)
+            if timestamps:
+                words += _words(model, log_probs[0, : lengths[0]], hyp, frame_seconds, seg.start)
+    except AudioError as e:
+        return FileResult(path, None, e.reason)
+    return FileResult(path, " ".join(texts), words=words, duration=duration, seconds=time.time() - t0)
+
+
+def _words(model: Any, log_probs: torch.Tensor, hyp: Hypothesis, frame_seconds: float, offset: float) -> list:
+    from asr.align import word_alignments
+
+    return word_alignments(log_probs, hyp.token_ids, model.tokenizer, frame_seconds, offset)
+
+
+@dataclass
+class TuneResult:
+    best: dict[str, float]  # lm_weight, word_score
+    best_wer: float
+    grid: list[tuple[float, float, float]]  # (lm_weight, word_score, WER %)
+
+
+def tune_decoder(
+    model: str | Path | Any,
+    manifest: str | Path,
+    lexicon: str | Path,
+    lm: str | Path,
+    lm_weights: Iterable[float] = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0),
+    word_scores: Iterable[float] = (-2.0, -1.0, 0.0, 1.0, 2.0),
+    out: str | Path | None = None,
+) -> TuneResult:
+    """Grid-search LM weight and word score for the lowest WER on a (dev) manifest. The acoustic
+    model runs once; each grid point only re-runs the beam search. With `out`, writes the best
+    settings as a [decode] TOML table that `--decoder-config` and recipes read."""
+    from asr.beam import BeamSearch
+    from asr.config import DecodeConfig, to_toml
+    from asr.manifest import atomic_write_text
+    from asr.scoring import score
+
+    model = load_model(model) if isinstance(model, (str, Path)) else model
+    utts = read_manifest(manifest)
+    refs = {u.id: u.text for u in utts}
+    no_search: Decoder = lambda log_probs, lengths: [[] for _ in range(len(lengths))]  # noqa: E731
+    emissions = {d.key: d.log_probs for d in decode_items(model, [(u.id, u.audio) for u in utts], no_search, keep_log_probs=True) if d.hyps is not None}
+    grid = []
+    for w in lm_weights:
+        for ws in word_scores:
+            cfg = DecodeConfig(**{**vars(model.cfg.decode), "lm_weight": float(w), "word_score": float(ws)})
+            search = BeamSearch(model.tokenizer, cfg, lexicon=lexicon, lm=lm)
+            hyps = {k: search(lp[None], torch.tensor([len(lp)]))[0][0].text for k, lp in emissions.items()}
+            grid.append((float(w), float(ws), score(refs, hyps).wer))
+    w, ws, wer = min(grid, key=lambda g: (g[2], abs(g[1]), g[0]))
+    if out:
+        settings = {"beam_size": model.cfg.decode.beam_size, "beam_threshold": model.cfg.decode.beam_threshold, "lm_weight": w, "word_score": ws}
+        atomic_write_text(out, f"# asr tune-decoder on {manifest}: WER {wer:.2f}%\n" + to_toml({"decode": settings}))
+    return TuneResult({"lm_weight": w, "word_score": ws}, wer, grid)

@@ -7,7 +7,6 @@ import json
 import os
 import sys
 import tarfile
-import time
 import tomllib
 import urllib.error
 import urllib.request
@@ -24,7 +23,7 @@ from asr.scoring import score_files
 from asr.train import export_model, train, training_complete
 
 RECIPES_DIR = Path(__file__).resolve().parents[1] / "recipes"
-STAGES = {1: "prepare", 2: "train", 3: "decode", 4: "score"}
+STAGES = {1: "prepare", 2: "train", 3: "lm", 4: "decode", 5: "score"}
 
 
 class RecipeError(ValueError):
@@ -43,6 +42,7 @@ class Recipe:
     url: str = ""
     sha256: str = ""
     archive_dir: str = ""  # folder inside the extracted archive that holds the corpus
+    lm_order: int = 3  # word n-gram built from the training transcripts; 0: no LM stage
 
 
 def find_recipe(name_or_dir: str) -> Path:
@@ -64,7 +64,7 @@ def load_recipe(name_or_dir: str) -> Recipe:
     meta = d.pop("recipe", {})
     if "corpus" not in meta:
         raise ConfigError(f"{toml_path}: [recipe] needs corpus = \"...\"")
-    allowed = {"corpus", "train_set", "dev_set", "test_sets", "url", "sha256", "archive_dir"}
+    allowed = {"corpus", "train_set", "dev_set", "test_sets", "url", "sha256", "archive_dir", "lm_order"}
     unknown = set(meta) - allowed
     if unknown:
         raise ConfigError(f"{toml_path}: unknown key(s) in [recipe]: {', '.join(sorted(unknown))}")
@@ -76,11 +76,15 @@ def run_recipe(
     out: str | Path,
     data: str | Path | None = None,
     stage: int = 1,
-    stop_stage: int = 4,
+    stop_stage: int = 5,
     overrides: list[str] | None = None,
     cache_dir: str | Path | None = None,
 ) -> dict[str, dict]:
-    """Run the recipe's stages `stage`..`stop_stage` into `out`; returns {test set: score json}."""
+    """Run the recipe's stages `stage`..`stop_stage` into `out`; returns {"<set>" or "<set> (LM)": score json}.
+
+    Stages: 1 prepare, 2 train, 3 lm (n-gram LM and lexicon from the training transcripts,
+    weights tuned on dev), 4 decode every test set (greedy, and beam search with the LM),
+    5 score. A stage whose outputs are complete is skipped."""
     from asr.config import parse_override
 
     recipe = load_recipe(name_or_dir)
@@ -89,17 +93,19 @@ def run_recipe(
         key, value = parse_override(text)
         set_value(cfg, key, value, where="--set")
     exp = Path(out)
-    data_dir, train_dir, model_path = exp / "data", exp / "train", exp / "model.pt"
+    data_dir, train_dir, lm_dir, model_path = exp / "data", exp / "train", exp / "lm", exp / "model.pt"
     cfg.data.train = str(data_dir / f"{recipe.train_set}.jsonl")
     cfg.data.dev = str(data_dir / f"{recipe.dev_set}.jsonl") if recipe.dev_set else ""
     needed = [recipe.train_set, *([recipe.dev_set] if recipe.dev_set else []), *recipe.test_sets]
-    timings: dict[str, float] = {}
+    lm_files = {"lm": lm_dir / f"{recipe.lm_order}gram.arpa", "lexicon": lm_dir / "lexicon.txt", "decode": lm_dir / "decode.toml"}
 
     def run(n: int) -> bool:
         return stage <= n <= stop_stage
 
+    def fresh(path: Path, *inputs: Path) -> bool:
+        return path.exists() and all(path.stat().st_mtime >= i.stat().st_mtime for i in inputs if i.exists())
+
     if run(1):
-        t0 = time.time()
         if all((data_dir / f"{s}.jsonl").exists() for s in needed):
             _log(f"stage 1 (prepare): {data_dir} complete, skipped")
         else:
@@ -109,42 +115,77 @@ def run_recipe(
             missing = [s for s in needed if not (data_dir / f"{s}.jsonl").exists()]
             if missing:
                 raise RecipeError(f"{src}: preparing {recipe.corpus} gave no usable {', '.join(missing)} split")
-        timings["prepare"] = time.time() - t0
 
     if run(2):
-        t0 = time.time()
         if training_complete(train_dir, cfg):
             _log(f"stage 2 (train): {train_dir} complete, skipped")
         else:
             _log(f"stage 2 (train): training into {train_dir}")
             train(cfg, train_dir)
         best = train_dir / "best.pt"
-        if not model_path.exists() or model_path.stat().st_mtime < best.stat().st_mtime:
+        if not fresh(model_path, best):
             export_model(best, model_path)
-        timings["train"] = time.time() - t0
 
-    if run(3):
-        t0 = time.time()
+    if run(3) and recipe.lm_order > 0:
+        if all(fresh(p, model_path) for p in lm_files.values() if p.suffix != ".toml" or recipe.dev_set):
+            _log(f"stage 3 (lm): {lm_dir} complete, skipped")
+        else:
+            _build_lm(recipe, data_dir, model_path, lm_files)
+
+    if run(4):
+        from asr.beam import build_decoder
+        from asr.config import load_decode_settings
+        from asr.decode import load_model
+
+        model = None
         for name in recipe.test_sets:
-            hyp = exp / "decode" / name / "hyp.jsonl"
-            if hyp.exists() and hyp.stat().st_mtime >= model_path.stat().st_mtime:
-                _log(f"stage 3 (decode): {hyp} complete, skipped")
-                continue
-            report = decode_manifest(model_path, data_dir / f"{name}.jsonl", hyp)
-            _log(f"stage 3 (decode): {name}: {report.decoded} utterances -> {hyp}")
-        timings["decode"] = time.time() - t0
+            for tag, hyp in _hyp_paths(recipe, exp, name).items():
+                if fresh(hyp, model_path, *lm_files.values()):
+                    _log(f"stage 4 (decode): {hyp} complete, skipped")
+                    continue
+                model = model or load_model(model_path)
+                if tag == "greedy":
+                    decoder = build_decoder(model, model.cfg.decode)
+                else:
+                    if lm_files["decode"].exists():
+                        load_decode_settings(model.cfg.decode, lm_files["decode"])
+                    decoder = build_decoder(model, model.cfg.decode, lexicon=lm_files["lexicon"], lm=lm_files["lm"])
+                report = decode_manifest(model, data_dir / f"{name}.jsonl", hyp, decoder)
+                _log(f"stage 4 (decode): {name} ({tag}): {report.decoded} utterances, RTF {report.seconds / max(report.audio_seconds, 1e-9):.4f} -> {hyp}")
 
     results: dict[str, dict] = {}
-    if run(4):
+    if run(5):
         for name in recipe.test_sets:
-            hyp = exp / "decode" / name / "hyp.jsonl"
-            result = score_files(data_dir / f"{name}.jsonl", hyp)
-            results[name] = result.to_json()
-            atomic_write_text(hyp.with_name("score.json"), json.dumps(results[name], indent=2) + "\n")
+            for tag, hyp in _hyp_paths(recipe, exp, name).items():
+                result = score_files(data_dir / f"{name}.jsonl", hyp)
+                results[name if tag == "greedy" else f"{name} (LM)"] = result.to_json()
+                atomic_write_text(hyp.with_name("score.json"), json.dumps(result.to_json(), indent=2) + "\n")
         table = results_table(recipe, exp, results)
         atomic_write_text(exp / "RESULTS.md", table)
         print(table)
     return results
+
+
+def _hyp_paths(recipe: Recipe, exp: Path, test_set: str) -> dict[str, Path]:
+    paths = {"greedy": exp / "decode" / test_set / "hyp.jsonl"}
+    if recipe.lm_order > 0:
+        paths["lm"] = exp / "decode_lm" / test_set / "hyp.jsonl"
+    return paths
+
+
+def _build_lm(recipe: Recipe, data_dir: Path, model_path: Path, files: dict[str, Path]) -> None:
+    """The n-gram LM and lexicon from the training transcripts; LM weight and word score tuned on dev."""
+    from asr.decode import load_model, tune_decoder
+    from asr.lm import build_arpa, lexicon_words, read_lm_texts, write_lexicon
+
+    sentences = read_lm_texts(data_dir / f"{recipe.train_set}.jsonl")
+    stats = build_arpa(sentences, recipe.lm_order, files["lm"])
+    model = load_model(model_path)
+    written, skipped = write_lexicon(lexicon_words(sentences), model.tokenizer.tokens, files["lexicon"])
+    _log(f"stage 3 (lm): {stats.order}-gram from {len(sentences)} sentences -> {files['lm']}; lexicon {written} words ({len(skipped)} unspellable)")
+    if recipe.dev_set:
+        tuned = tune_decoder(model, data_dir / f"{recipe.dev_set}.jsonl", files["lexicon"], files["lm"], out=files["decode"])
+        _log(f"stage 3 (lm): tuned on {recipe.dev_set}: lm_weight {tuned.best['lm_weight']}, word_score {tuned.best['word_score']} (dev WER {tuned.best_wer:.2f}%)")
 
 
 def results_table(recipe: Recipe, exp: Path, results: dict[str, dict]) -> str:
@@ -159,7 +200,8 @@ def results_table(recipe: Recipe, exp: Path, results: dict[str, dict]) -> str:
     lines = [
         f"# Results: {recipe.name}",
         "",
-        f"Model: {exp / 'model.pt'} (greedy CTC decoding). Training time: {train_seconds} s.",
+        f"Model: {exp / 'model.pt'}; greedy CTC decoding, and (LM) beam search with the lexicon and n-gram LM "
+        f"built from the training transcripts, weights tuned on the dev set. Training time: {train_seconds} s.",
         "",
         "| set | utterances | words | WER % | CER % | sub | del | ins |",
         "|---|---|---|---|---|---|---|---|",

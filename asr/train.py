@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from asr.beam import greedy_ids
 from asr.checkpoint import Recognizer, load_checkpoint, model_payload, save_checkpoint
 from asr.config import Config, ConfigError, to_toml
 from asr.data import (
@@ -30,7 +31,6 @@ from asr.data import (
     padding_fraction,
     subsampled_length,
 )
-from asr.decode import greedy_ids
 from asr.features import FeatureExtractor, Normalizer, spec_augment
 from asr.manifest import atomic_write_text, read_manifest
 from asr.model import CTCModel, count_parameters, ctc_loss

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import time
 from pathlib import Path
 from typing import Annotated
 
@@ -63,46 +62,102 @@ def train_cmd(
     typer.echo(f"best checkpoint: {best}")
 
 
+Beam = Annotated[bool, typer.Option("--beam", help="Beam search instead of greedy (implied by --lexicon, --lm, --nbest > 1).")]
+BeamSize = Annotated[int | None, typer.Option(help="Beam size.")]
+BeamThreshold = Annotated[float | None, typer.Option(help="Prune hypotheses this far below the best.")]
+Lexicon = Annotated[Path | None, typer.Option(help="Lexicon (asr lm lexicon): words the beam search may output.")]
+LM = Annotated[Path | None, typer.Option(help="n-gram LM, ARPA or KenLM binary (asr lm build); needs --lexicon.")]
+LMWeight = Annotated[float | None, typer.Option(help="LM weight.")]
+WordScore = Annotated[float | None, typer.Option(help="Score added per word.")]
+DecoderConfig = Annotated[Path | None, typer.Option("--decoder-config", help="TOML with a [decode] table, e.g. written by asr tune-decoder.")]
+
+
+def _decoder(model, beam: bool, beam_size, beam_threshold, lexicon, lm, lm_weight, word_score, decoder_config, nbest: int = 1):
+    from asr.beam import build_decoder
+    from asr.config import load_decode_settings
+
+    cfg = model.cfg.decode
+    if decoder_config:
+        load_decode_settings(cfg, decoder_config)
+    for key, value in [("beam_size", beam_size), ("beam_threshold", beam_threshold), ("lm_weight", lm_weight), ("word_score", word_score)]:
+        if value is not None:
+            setattr(cfg, key, value)
+    return build_decoder(model, cfg, beam=beam or beam_size is not None, lexicon=lexicon, lm=lm, nbest=nbest)
+
+
 @app.command("decode")
 def decode_cmd(
-    model: Annotated[Path, typer.Argument(help="A checkpoint (model.pt, best.pt).")],
+    model: Annotated[Path, typer.Argument(help="A checkpoint (model.pt) or an exported model.")],
     manifest: Annotated[Path, typer.Argument(help="The JSONL manifest to decode.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Hypothesis JSONL to write: {\"id\", \"text\"} lines.")],
+    beam: Beam = False,
+    beam_size: BeamSize = None,
+    beam_threshold: BeamThreshold = None,
+    lexicon: Lexicon = None,
+    lm: LM = None,
+    lm_weight: LMWeight = None,
+    word_score: WordScore = None,
+    decoder_config: DecoderConfig = None,
+    nbest: Annotated[int, typer.Option(help="Also write the n best hypotheses with scores (beam search).")] = 1,
     batch_frames: Annotated[int | None, typer.Option(help="Padded feature frames per batch.")] = None,
 ) -> None:
-    """Decode every utterance of a manifest (greedy CTC, batched)."""
-    from asr.decode import decode_manifest
+    """Decode every utterance of a manifest (batched; greedy, or beam search with a lexicon and LM)."""
+    from asr.decode import decode_manifest, load_model
 
-    t0 = time.time()
-    report = decode_manifest(model, manifest, out, batch_frames)
-    took = time.time() - t0
-    rtf = f", RTF {took / report.audio_seconds:.4f}" if report.audio_seconds else ""
-    typer.echo(f"decoded {report.decoded} utterances ({len(report.failed)} failed) in {took:.1f} s{rtf} -> {out}")
+    acoustic = load_model(model)
+    decoder = _decoder(acoustic, beam, beam_size, beam_threshold, lexicon, lm, lm_weight, word_score, decoder_config, nbest)
+    report = decode_manifest(acoustic, manifest, out, decoder, batch_frames, nbest)
+    rtf = f", RTF {report.seconds / report.audio_seconds:.4f}" if report.audio_seconds else ""
+    typer.echo(f"decoded {report.decoded} utterances ({len(report.failed)} failed) in {report.seconds:.1f} s{rtf} -> {out}")
     if report.failed and not report.decoded:
         raise typer.Exit(1)
 
 
 @app.command("transcribe")
 def transcribe_cmd(
-    model: Annotated[Path, typer.Argument(help="A checkpoint (model.pt).")],
+    model: Annotated[Path, typer.Argument(help="A checkpoint (model.pt) or an exported model.")],
     audio: Annotated[list[str], typer.Argument(help="Audio files, directories (searched recursively) or - for a list of paths on stdin.")],
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines {\"path\", \"text\"}.")] = False,
+    fmt: Annotated[str, typer.Option("--format", "-f", help="txt, json, srt, vtt or ctm.")] = "txt",
+    as_json: Annotated[bool, typer.Option("--json", help="Same as --format json.")] = False,
+    output_dir: Annotated[Path | None, typer.Option(help="Write one <name>.<format> file per input here instead of printing.")] = None,
+    beam: Beam = False,
+    beam_size: BeamSize = None,
+    beam_threshold: BeamThreshold = None,
+    lexicon: Lexicon = None,
+    lm: LM = None,
+    lm_weight: LMWeight = None,
+    word_score: WordScore = None,
+    decoder_config: DecoderConfig = None,
 ) -> None:
-    """Transcribe audio: prints `path<TAB>text`, one line each. Unreadable files are reported and skipped."""
-    from asr.decode import find_audio, transcribe
+    """Transcribe audio of any length: prints `path<TAB>text` per file, or JSON lines with word
+    times and confidences, SRT/VTT subtitles or CTM. Unreadable files are reported and skipped."""
+    from asr.formats import FORMATS
 
+    from asr.decode import find_audio, load_model, transcribe
+
+    fmt = "json" if as_json else fmt
+    if fmt not in FORMATS:
+        raise typer.BadParameter(f"unknown format {fmt!r}; choose from {', '.join(FORMATS)}", param_hint="--format")
     paths = find_audio(audio)
     if not paths:
         raise typer.BadParameter("no audio files found", param_hint="AUDIO")
+    if fmt in ("srt", "vtt") and len(paths) > 1 and output_dir is None:
+        raise typer.BadParameter(f"{fmt} holds one file's subtitles: with several inputs, use --output-dir", param_hint="--format")
+    acoustic = load_model(model)
+    decoder = _decoder(acoustic, beam, beam_size, beam_threshold, lexicon, lm, lm_weight, word_score, decoder_config)
     failed = 0
-    for path, text, reason in transcribe(model, paths):
-        if text is None:
+    for result in transcribe(acoustic, paths, decoder, timestamps=fmt != "txt", progress=len(paths) > 20):
+        if result.text is None:
             failed += 1
-            typer.echo(f"error: {path}: {reason}", err=True)
-        elif as_json:
-            typer.echo(json.dumps({"path": path, "text": text}, ensure_ascii=False))
+            typer.echo(f"error: {result.path}: {result.reason}", err=True)
+            continue
+        text = FORMATS[fmt](result)
+        if output_dir:
+            from asr.manifest import atomic_write_text
+
+            atomic_write_text(output_dir / f"{Path(result.path).stem}.{fmt}", text)
         else:
-            typer.echo(f"{path}\t{text}")
+            typer.echo(text, nl=False)
     if failed:
         if len(paths) > 1:
             typer.echo(f"{failed} of {len(paths)} files could not be transcribed", err=True)
@@ -137,11 +192,12 @@ def recipe_run_cmd(
     recipe: Annotated[str, typer.Argument(help="Recipe name (yesno, an4, fsdd) or a folder with config.toml.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Experiment directory.")],
     data: Annotated[Path | None, typer.Option(help="The corpus on disk; without it the recipe downloads it.")] = None,
-    stage: Annotated[int, typer.Option(help="First stage: 1 prepare, 2 train, 3 decode, 4 score.")] = 1,
-    stop_stage: Annotated[int, typer.Option(help="Last stage.")] = 4,
+    stage: Annotated[int, typer.Option(help="First stage: 1 prepare, 2 train, 3 lm, 4 decode, 5 score.")] = 1,
+    stop_stage: Annotated[int, typer.Option(help="Last stage.")] = 5,
     overrides: Overrides = None,
 ) -> None:
-    """Prepare, train, decode every test set and score; finished stages are skipped."""
+    """Prepare, train, build the LM, decode every test set (greedy and with the LM) and score;
+    finished stages are skipped. Ends with the results table, also written to EXP/RESULTS.md."""
     from asr.recipe import run_recipe
 
     run_recipe(recipe, out, data=data, stage=stage, stop_stage=stop_stage, overrides=overrides)
