@@ -64,7 +64,8 @@ def read_jsonl(path: str | Path) -> Iterator[dict]:
     """Yield the JSON objects of a JSONL file; blank lines are skipped."""
     path = Path(path)
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        # split on \n only: U+2028 and friends may appear inside JSON strings
+        lines = path.read_text(encoding="utf-8").split("\n")
     except FileNotFoundError:
         raise ManifestError(f"{path}: file not found") from None
     except UnicodeDecodeError:
@@ -74,8 +75,8 @@ def read_jsonl(path: str | Path) -> Iterator[dict]:
             continue
         try:
             row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ManifestError(f"{path}:{n}: not valid JSON ({e.msg})") from None
+        except ValueError as e:  # JSONDecodeError, and the integer-digit limit
+            raise ManifestError(f"{path}:{n}: not valid JSON ({getattr(e, 'msg', str(e))[:100]})") from None
         if not isinstance(row, dict):
             raise ManifestError(f"{path}:{n}: expected a JSON object")
         yield row
@@ -89,6 +90,9 @@ def read_manifest(path: str | Path) -> list[Utterance]:
         missing = [k for k in ("id", "audio") if k not in row]
         if missing:
             raise ManifestError(f"{path}: entry {n} lacks {', '.join(missing)}")
+        for key, types in [("id", (str, int)), ("audio", (str,)), ("text", (str, type(None))), ("speaker", (str, int, type(None))), ("duration", (int, float, type(None)))]:
+            if key in row and (not isinstance(row[key], types) or isinstance(row[key], bool)):
+                raise ManifestError(f"{path}: entry {n}: '{key}' has the wrong type ({type(row[key]).__name__})")
         audio = Path(row["audio"])
         if not audio.is_absolute():
             audio = path.parent / audio
@@ -97,8 +101,8 @@ def read_manifest(path: str | Path) -> list[Utterance]:
                 id=str(row["id"]),
                 audio=str(audio),
                 duration=float(row.get("duration") or 0.0),
-                text=str(row.get("text", "")),
-                speaker=str(row.get("speaker", "")),
+                text=row.get("text") or "",
+                speaker=str(row.get("speaker") or ""),
             )
         )
     return utts

@@ -41,7 +41,7 @@ def read_transcripts(path: str | Path) -> dict[str, str]:
     """
     path = Path(path)
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = path.read_text(encoding="utf-8").split("\n")
     except FileNotFoundError:
         raise ScoringError(f"{path}: file not found") from None
     except UnicodeDecodeError:

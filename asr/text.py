@@ -19,7 +19,8 @@ def normalize(text: str) -> str:
 
     The same function serves training targets and scoring, so both see one text form.
     """
-    text = unicodedata.normalize("NFKC", text).translate(_APOSTROPHES).upper()
+    # NFKC again after upper(): upper-casing can produce decomposed sequences (e.g. U+0390).
+    text = unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", text).translate(_APOSTROPHES).upper())
     kept = [
         " " if unicodedata.category(c)[0] in "PSC" and c != "'" else c
         for c in text

@@ -131,9 +131,8 @@ def transcribe_cmd(
 ) -> None:
     """Transcribe audio of any length: prints `path<TAB>text` per file, or JSON lines with word
     times and confidences, SRT/VTT subtitles or CTM. Unreadable files are reported and skipped."""
-    from asr.formats import FORMATS
-
     from asr.decode import find_audio, load_model, transcribe
+    from asr.formats import FORMATS
 
     fmt = "json" if as_json else fmt
     if fmt not in FORMATS:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import sys
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -197,7 +198,9 @@ def test_load_refuses_what_is_not_an_export(ckpt: Path, tmp_path: Path) -> None:
     with pytest.raises(ExportError, match="notes.txt"):
         ExportedModel.load(tmp_path / "notes.txt")
     plain = tmp_path / "plain.ts"  # TorchScript, but not an asr export
-    torch.jit.save(torch.jit.script(torch.nn.Identity()), str(plain))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit's deprecation notices
+        torch.jit.save(torch.jit.script(torch.nn.Identity()), str(plain))
     with pytest.raises(ExportError, match="not an asr export"):
         ExportedModel.load(plain)
     assert not is_exported(plain)
@@ -225,6 +228,13 @@ def test_load_onnx_without_onnxruntime_is_a_clear_error(exported, monkeypatch: p
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import fails
     with pytest.raises(ValueError, match=f"{path.name}.*onnxruntime"):
         ExportedModel.load(path)
+
+
+def test_onnx_export_without_onnx_is_a_clear_error(ckpt: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "onnx", None)
+    with pytest.raises(ValueError, match="m.onnx.*asr\\[onnx\\]"):
+        export(ckpt, tmp_path / "m.onnx", format="onnx")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_export_rejects_bad_arguments(ckpt: Path, tmp_path: Path) -> None:

@@ -36,12 +36,6 @@ def test_normalize_is_idempotent_up_to_canonical_equivalence(s: str) -> None:
     assert unicodedata.normalize("NFC", normalize(once)) == unicodedata.normalize("NFC", once)
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="asr.text.normalize upper-cases after NFKC, and str.upper() can leave a string that is "
-    "not NFKC (U+0390 -> U+0399 U+0308 U+0301, which the next NFKC composes to U+03AA U+0301); "
-    "fix: apply NFKC again after .upper()",
-)
 @FAST
 @given(st.text())
 @example("\u0390")  # GREEK SMALL LETTER IOTA WITH DIALYTIKA AND TONOS
@@ -129,13 +123,11 @@ KNOWN_BAD = [
 ]
 
 
-@pytest.mark.xfail(raises=NOT_MANIFEST_ERROR, strict=False, reason="read_manifest lets TypeError/ValueError out")
 @pytest.mark.parametrize("content", KNOWN_BAD, ids=range(len(KNOWN_BAD)))
 def test_manifest_reader_wrong_value_types(content: bytes) -> None:
     _read_manifest_bytes(content)
 
 
-@pytest.mark.xfail(raises=NOT_MANIFEST_ERROR, strict=False, reason="read_manifest lets TypeError/ValueError out")
 @settings(
     max_examples=200,
     deadline=None,
@@ -148,18 +140,11 @@ def test_manifest_reader_on_json_lines_returns_utterances_or_raises_manifest_err
     _read_manifest_bytes(content)
 
 
-@pytest.mark.xfail(strict=False, reason='read_manifest turns "text": null into the transcript "None"')
 def test_manifest_null_text_is_not_the_word_none() -> None:
     (utt,) = _read_manifest_bytes(b'{"id": "a", "audio": "x.wav", "text": null, "speaker": null}')
     assert (utt.text, utt.speaker) == ("", "")
 
 
-@pytest.mark.xfail(
-    raises=ManifestError,
-    strict=False,
-    reason="write_jsonl (ensure_ascii=False) writes U+2028/U+0085 raw and read_jsonl's str.splitlines() "
-    "splits lines there, so the manifest it wrote is unreadable",
-)
 @pytest.mark.parametrize("text", ["LINE\u2028SEPARATOR", "PARAGRAPH\u2029SEPARATOR", "NEXT\x85LINE"])
 def test_manifest_round_trip_with_unicode_line_breaks_in_text(tmp_path: Path, text: str) -> None:
     write_manifest(tmp_path / "m.jsonl", [Utterance("a", "/x.wav", 1.0, text)])

@@ -146,9 +146,9 @@ def test_long_file_in_bounded_memory(tmp_path: Path, one_torch_thread: None) -> 
     assert len(spans) == 4 * 25
     starts = [s for s, _, _ in spans]
     for onset in onsets:
-        assert min(abs(s + 0.1 - onset) for s in starts) < 0.05
+        assert min(abs(s - max(0.0, onset - 0.1)) for s in starts) < 0.05  # 0.1 s margin
     for s, e, _ in spans:
-        assert (s % 60) < 50.2 and (e - 1e-6) % 60 < 50.2  # nothing from the quiet stretches
+        assert (s + 0.15) % 60 < 50 and (e - 0.15) % 60 < 50  # nothing from the quiet stretches (margins aside)
     # The 40 s stretches are covered without a gap (the cut is contiguous).
     covered = sum(e - s for s, e, _ in spans)
     assert covered > 25 * (4 + 4 + 40)
