@@ -2,8 +2,10 @@
 
 `word_alignments` takes one utterance's log-probabilities (T', V) and the token ids that were
 decoded from them (no blanks; the word boundary `|` between words), aligns the ids to the frames
-with CTC forced alignment (`torchaudio.functional.forced_align`), merges each token's frames into
-a span (`torchaudio.functional.merge_tokens`) and groups the spans into words at `|`.
+with CTC forced alignment (a Viterbi search equal to `torchaudio.functional.forced_align` except
+that it stays optimal when scores tie, which torchaudio's does not: pytorch/audio#4221), merges
+each token's frames into a span (`torchaudio.functional.merge_tokens`) and groups the spans into
+words at `|`.
 
 Timestamp convention
 --------------------
@@ -31,6 +33,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
+
+import numpy as np
 
 from asr.text import WORD_BOUNDARY, Tokenizer
 
@@ -65,11 +69,14 @@ class _Span:
 def frame_timing(stack: int = 3, hop_seconds: float = 0.01, window_seconds: float = 0.032) -> tuple[float, float]:
     """(frame_seconds, lag) of the model's output frames.
 
+    stack: feature frames per output frame (`model.stack`); hop_seconds: the feature hop
+    (`features.hop_ms / 1000`); window_seconds: the FFT frame, n_fft / sample rate (512 / 16000
+    for the default 25 ms window, which torchaudio centres inside the FFT frame).
+
     `frame_seconds` = stack x hop is the `frame_seconds` argument of `word_alignments`. `lag` is
-    how far the centre of the audio an output frame is computed from lies after the centre of
-    [j * frame_seconds, (j + 1) * frame_seconds): (stack - 1) * hop / 2 + window / 2 - frame_seconds / 2
-    (11 ms with the defaults: stack 3, hop 10 ms, 512-sample windows at 16 kHz). Add it to
-    `offset` for times centred on the analysis windows.
+    how far the centre of the audio that output frame j is computed from lies after the centre of
+    [j * frame_seconds, (j + 1) * frame_seconds): (stack - 1) * hop / 2 + window / 2 - frame_seconds / 2,
+    11 ms with the defaults. Add it to `offset` for times centred on the analysis windows.
     """
     frame_seconds = stack * hop_seconds
     lag = (stack - 1) * hop_seconds / 2 + window_seconds / 2 - frame_seconds / 2
@@ -92,11 +99,13 @@ def word_alignments(
     frame_seconds: seconds per output frame (stack x hop, 0.03 by default; see `frame_timing`).
     offset: seconds added to every time, e.g. the start of the segment within its file.
 
-    The ids are force-aligned to the frames with torchaudio's CTC forced alignment. Ids that do
-    not fit the frames (more tokens plus repeats than frames, which decoded output never has) fall
-    back to the greedy (argmax) frame spans when those spell the same ids, and else to spans that
-    share the frames evenly, so every word still gets times. Returns [] when there are no frames
-    or no ids. See the module docstring for the time convention and the confidence measure.
+    The ids are force-aligned to the frames (the most likely CTC path that spells them, as
+    `torchaudio.functional.forced_align` computes it, but exact on ties; see `_viterbi`), and the
+    path is merged into token spans with `torchaudio.functional.merge_tokens`. Ids that cannot
+    fit the frames (more tokens plus repeated pairs than frames; never the case for ids decoded
+    from these log-probabilities, greedy or beam search) get spans that share the frames evenly,
+    so every word still has times. Returns [] when there are no frames or no ids. See the module
+    docstring for the time convention and the confidence measure.
     """
     import torch
 
@@ -113,43 +122,64 @@ def word_alignments(
         raise ValueError(f"token ids {bad[:5]} are outside the {vocab} tokens of log_probs")
     if frames == 0 or not ids:
         return []
-    spans = _forced_spans(lp, ids, blank) or _greedy_spans(lp, ids, blank) or _even_spans(lp, ids)
+    spans = _forced_spans(lp, ids, blank) or _even_spans(lp, ids)
     return _words(spans, tokenizer, frame_seconds, offset)
 
 
-def _fits(frames: int, ids: list[int]) -> bool:
-    """CTC needs a frame per token plus a blank frame between repeated tokens."""
-    repeats = sum(a == b for a, b in zip(ids, ids[1:], strict=False))
-    return frames >= len(ids) + repeats
-
-
 def _forced_spans(lp: torch.Tensor, ids: list[int], blank: int) -> list[_Span] | None:
+    """The most likely CTC path that spells `ids`, as token spans; None when none exists."""
     import torch
     import torchaudio.functional as AF
 
-    if not _fits(lp.shape[0], ids):
+    path = _viterbi(lp.double().numpy(), ids, blank)
+    if path is None:
         return None
-    targets = torch.tensor([ids], dtype=torch.int32)
-    try:
-        path, scores = AF.forced_align(lp[None], targets, blank=blank)
-    except (RuntimeError, ValueError):
-        return None
-    spans = AF.merge_tokens(path[0], scores[0].exp(), blank=blank)  # score: mean posterior over the span
-    if [s.token for s in spans] != ids:
+    tokens = torch.from_numpy(path)
+    posteriors = lp[torch.arange(len(path)), tokens].exp()
+    spans = AF.merge_tokens(tokens, posteriors, blank=blank)  # score: mean posterior over the span
+    if [s.token for s in spans] != ids:  # cannot happen with a valid path; guards the fallback
         return None
     return [_Span(s.token, s.start, s.end, s.score) for s in spans]
 
 
-def _greedy_spans(lp: torch.Tensor, ids: list[int], blank: int) -> list[_Span] | None:
-    """The argmax path's spans, when they spell exactly `ids`."""
-    import torchaudio.functional as AF
+def _viterbi(lp: np.ndarray, ids: list[int], blank: int) -> np.ndarray | None:
+    """CTC forced alignment: the token (or blank) of every frame on the most likely path through
+    blank, ids[0], blank, ids[1], ..., blank; None when the ids cannot fit the frames.
 
-    best = lp.argmax(-1)
-    posteriors = lp.exp().gather(1, best[:, None])[:, 0]
-    spans = AF.merge_tokens(best, posteriors, blank=blank)
-    if [s.token for s in spans] != ids:
+    The same dynamic programme as `torchaudio.functional.forced_align`, which returns a
+    sub-optimal path when two predecessor scores tie exactly (pytorch/audio#4221, open in
+    torchaudio 2.11): a tie takes the first maximum here, so the path is always a best one.
+    The loop runs over frames, vectorised over the 2L + 1 states (tens of milliseconds for 30 s
+    of audio and 300 tokens).
+    """
+    frames = lp.shape[0]
+    ext = np.full(2 * len(ids) + 1, blank, dtype=np.int64)
+    ext[1::2] = ids
+    states = len(ext)
+    emit = lp[:, ext]  # (T, S)
+    skip_penalty = np.full(states, -np.inf)  # 0 where state s may be entered from s - 2
+    skip_penalty[2:][(ext[2:] != blank) & (ext[2:] != ext[:-2])] = 0.0
+    score = np.full(states, -np.inf)
+    score[:2] = emit[0, :2]
+    back = np.zeros((frames, states), np.int8)  # 0 stay, 1 from s - 1, 2 from s - 2
+    cand = np.full((3, states), -np.inf)
+    for t in range(1, frames):
+        cand[0] = score
+        cand[1, 1:] = score[:-1]
+        np.add(score[:-2], skip_penalty[2:], out=cand[2, 2:])
+        back[t] = cand.argmax(axis=0)  # the first of equal maxima
+        score = cand.max(axis=0) + emit[t]
+    last = states - 1 if score[-1] >= score[-2] else states - 2
+    if not np.isfinite(score[last]):
         return None
-    return [_Span(s.token, s.start, s.end, s.score) for s in spans]
+    path = np.empty(frames, np.int64)
+    s = last
+    for t in range(frames - 1, -1, -1):
+        path[t] = ext[s]
+        s -= int(back[t, s])
+    if s > 1:  # the path must start in the first blank or the first token
+        return None
+    return path
 
 
 def _even_spans(lp: torch.Tensor, ids: list[int]) -> list[_Span]:

@@ -55,8 +55,9 @@ class BeamSearch:
 
     def __call__(self, log_probs: torch.Tensor, lengths: torch.Tensor) -> list[list[Hypothesis]]:
         """n-best hypotheses for each utterance of a (B, T, V) batch of log-probabilities."""
-        results = self.decoder(log_probs.detach().float().cpu().contiguous(), lengths.cpu().to(torch.int32))
         boundary = self.tokenizer.tokens.index(WORD_BOUNDARY)
+        emissions, lengths = _end_with_boundary(log_probs.detach().float().cpu(), lengths.cpu(), boundary)
+        results = self.decoder(emissions, lengths.to(torch.int32))
         out = []
         for hyps in results:
             utt = []
@@ -70,6 +71,20 @@ class BeamSearch:
                 utt.append(Hypothesis(text, float(h.score), ids))
             out.append(utt or [Hypothesis("", float("-inf"), [])])
         return out
+
+
+def _end_with_boundary(log_probs: torch.Tensor, lengths: torch.Tensor, boundary: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Append one frame that is certainly the word boundary after each utterance.
+
+    The lexicon spells every word with a closing `|` (flashlight ends hypotheses on complete
+    words), but the model emits `|` only between words, so without this frame the last word
+    of an utterance could never complete."""
+    batch, frames, vocab = log_probs.shape
+    out = torch.full((batch, frames + 1, vocab), -1e4)
+    out[:, :frames] = log_probs
+    out[torch.arange(batch), lengths, :] = -1e4
+    out[torch.arange(batch), lengths, boundary] = 0.0
+    return out.contiguous(), lengths + 1
 
 
 def greedy_ids(log_probs: torch.Tensor, lengths: torch.Tensor, blank: int = 0) -> list[list[int]]:

@@ -25,6 +25,7 @@ normalised, then padded with zeros), so an utterance gets the same output alone 
 
 from __future__ import annotations
 
+import copy
 import io
 import json
 import logging
@@ -134,7 +135,8 @@ def export(
         raise ExportError(f"{out}: quantize must be None or 'int8', got {quantize!r}")
     rec = checkpoint if isinstance(checkpoint, Recognizer) else Recognizer.from_checkpoint(checkpoint)
     meta = _metadata(rec, format, quantize)
-    module = ExportModule(rec.normalizer, rec.model).to("cpu").eval()
+    # A copy: moving to the CPU and eval() would otherwise change the caller's Recognizer.
+    module = copy.deepcopy(ExportModule(rec.normalizer, rec.model)).to("cpu").eval()
     example = _example_inputs(rec.extractor.dim, rec.model.stack)
     out.parent.mkdir(parents=True, exist_ok=True)
     with _quiet():

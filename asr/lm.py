@@ -124,16 +124,17 @@ class LMStats:
 def kn_discounts(count_of_counts: dict[int, int] | Counter) -> tuple[tuple[float, float, float], bool]:
     """Modified Kneser-Ney discounts (D1, D2, D3+) from count-of-counts n1..n4 (Chen & Goodman eq. 26).
 
-    ``Y = n1 / (n1 + 2 n2)``, ``Dk = k - (k + 1) Y n(k+1) / nk``. When some of n1, n2, n3 is zero or a
-    discount falls outside (0, k] (tiny or artificial corpora), returns lmplz's ``--discount_fallback``
-    values (0.5, 1, 1.5) and True.
+    ``Y = n1 / (n1 + 2 n2)``, ``Dk = k - (k + 1) Y n(k+1) / nk``. When some of n1..n4 is zero or a
+    discount falls outside (0, k) (tiny or artificial corpora), returns lmplz's ``--discount_fallback``
+    values (0.5, 1, 1.5) and True. (lmplz itself only needs n1..n3 and accepts 0 <= Dk <= k; with
+    n4 = 0 that gives D3+ = 3, which leaves n-grams seen 3 times no probability of their own.)
     """
     n = [count_of_counts.get(k, 0) for k in range(5)]
-    if n[1] == 0 or n[2] == 0 or n[3] == 0:
+    if not all(n[1:5]):
         return FALLBACK_DISCOUNTS, True
     y = n[1] / (n[1] + 2 * n[2])
     d = tuple(k - (k + 1) * y * n[k + 1] / n[k] for k in (1, 2, 3))
-    if any(not (0.0 < dk <= k) for k, dk in zip((1, 2, 3), d, strict=True)):
+    if any(not (0.0 < dk < k) for k, dk in zip((1, 2, 3), d, strict=True)):
         return FALLBACK_DISCOUNTS, True
     return d, False  # type: ignore[return-value]
 
@@ -234,7 +235,12 @@ def build_arpa(sentences: Sequence[str], order: int, out: str | Path, method: st
 
     ``method``: ``"kneser-ney"`` (interpolated modified Kneser-Ney) or ``"witten-bell"``
     (interpolated). The file is written atomically. If no sentence is long enough for the asked
-    order, the highest order that has n-grams is written (``LMStats.order`` says which).
+    order, the highest order that has n-grams is written (``LMStats.order`` says which). A
+    unigram model is written with an empty bigram section, as KenLM loads nothing below order 2.
+
+    Kneser-Ney uses adjusted counts (raw counts at the highest order and for n-grams that start
+    with ``<s>``; elsewhere the number of distinct words seen before the n-gram) and three
+    discounts per order from that order's count-of-counts (`kn_discounts`), as ``lmplz`` does.
     """
     out = Path(out)
     if method not in METHODS:
@@ -255,13 +261,17 @@ def build_arpa(sentences: Sequence[str], order: int, out: str | Path, method: st
     for n in range(2, order + 1):
         sections.append(sorted(counts[n], key=" ".join))
 
+    # KenLM refuses ARPA files below order 2, so a unigram model gets an empty bigram section.
+    written = max(order, 2)
+    if order == 1:
+        sections.append([])
     with _atomic_writer(out) as f:
         f.write("\\data\\\n")
-        for n in range(1, order + 1):
+        for n in range(1, written + 1):
             f.write(f"ngram {n}={len(sections[n])}\n")
-        for n in range(1, order + 1):
+        for n in range(1, written + 1):
             f.write(f"\n\\{n}-grams:\n")
-            highest = n == order
+            highest = n == written
             lines = []
             for g in sections[n]:
                 lp = _BOS_LOGPROB if g == (BOS,) else math.log10(prob[g])
@@ -426,7 +436,7 @@ class ArpaModel:
         entries = self.entries
         word = word if word in self.vocab else UNK
         h = tuple(w if w in self.vocab else UNK for w in history)
-        h = h[len(h) - (self.order - 1) :] if self.order > 1 else ()
+        h = h[-(self.order - 1) :] if self.order > 1 else ()
         backoff = 0.0
         while True:
             e = entries.get((*h, word))
@@ -485,13 +495,22 @@ def write_tokens(tokens: Sequence[str], out: str | Path) -> Path:
     return out
 
 
-def write_lexicon(words: Iterable[str], tokens: Sequence[str], out: str | Path) -> tuple[int, list[str]]:
+def write_lexicon(
+    words: Iterable[str], tokens: Sequence[str], out: str | Path, *, boundary: bool = True
+) -> tuple[int, list[str]]:
     """The lexicon of ``ctc_decoder`` (flashlight format): ``WORD<TAB>W O R D |`` a line.
 
     Each word is spelled in the model's character tokens and ends with the word-boundary token
-    ``|`` (the decoder's ``sil_token``), as the model emits it between words. Words holding a
+    ``|`` (the decoder's ``sil_token``), as in torchaudio's CTC decoder tutorial. Words holding a
     character that is not a token are left out and returned, in input order, so the caller can
     report them. Returns (words written, words skipped).
+
+    Note: with the trailing ``|`` the flashlight decoder only completes a word when it can place a
+    ``|`` after it, and our models emit ``|`` between words, not after the last one: the decoder
+    then has to spend a trailing (blank) frame on ``|`` at whatever log-probability the model gives
+    it, and drops the last word if no frame follows it. Appending one frame that is certainly
+    ``|`` to the emissions, or ``boundary=False`` (bare spellings, ``|`` then acts as optional
+    silence between words), avoids that.
     """
     out = Path(out)
     spellable = {t for t in tokens if len(t) == 1 and t != WORD_BOUNDARY and t != BLANK and not t.isspace()}
@@ -505,7 +524,7 @@ def write_lexicon(words: Iterable[str], tokens: Sequence[str], out: str | Path) 
             continue
         seen.add(word)
         if all(c in spellable for c in word):
-            lines.append(f"{word}\t{' '.join(word)} {WORD_BOUNDARY}\n")
+            lines.append(f"{word}\t{' '.join(word)}{' ' + WORD_BOUNDARY if boundary else ''}\n")
         else:
             skipped.append(word)
     with _atomic_writer(out) as f:

@@ -57,7 +57,7 @@ _EDGES = np.arange(_DB_LOW, _DB_HIGH + _DB_STEP / 2, _DB_STEP)
 _CENTRES = (_EDGES[:-1] + _EDGES[1:]) / 2
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Segment:
     """A stretch of a longer recording: `samples` (float32, mono, at `sample_rate`) begin
     `start` seconds into the original audio."""

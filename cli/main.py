@@ -17,6 +17,8 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+lm_app = typer.Typer(help="Word n-gram language models and lexicons for beam search.", no_args_is_help=True)
+app.add_typer(lm_app, name="lm")
 recipe_app = typer.Typer(help="Run a recipe: prepare -> train -> decode -> score in one command.", no_args_is_help=True)
 app.add_typer(recipe_app, name="recipe")
 
@@ -184,6 +186,79 @@ def score_cmd(
     if result.missing:
         typer.echo(f"warning: {len(result.missing)} reference(s) without a hypothesis, counted as deletions: {' '.join(result.missing[:20])}" + (" ..." if len(result.missing) > 20 else ""), err=True)
     typer.echo(json.dumps(result.to_json()) if as_json else format_summary(result))
+
+
+@lm_app.command("build")
+def lm_build_cmd(
+    text: Annotated[Path, typer.Argument(help="A text file (one sentence a line) or a manifest (its transcripts).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="The ARPA file to write.")],
+    order: Annotated[int, typer.Option(help="n-gram order.")] = 3,
+    method: Annotated[str, typer.Option(help="kneser-ney (interpolated, modified) or witten-bell.")] = "kneser-ney",
+    lmplz: Annotated[bool, typer.Option("--lmplz", help="Use KenLM's lmplz (must be on PATH), for large text.")] = False,
+) -> None:
+    """Build a word n-gram LM in ARPA format from text or a manifest's transcripts."""
+    from asr.lm import build_arpa, build_arpa_kenlm, read_lm_texts
+
+    sentences = read_lm_texts(text)
+    stats = build_arpa_kenlm(sentences, order, out) if lmplz else build_arpa(sentences, order, out, method)
+    counts = ", ".join(f"{n + 1}-grams {c}" for n, c in enumerate(stats.counts))
+    typer.echo(f"{out}: {len(sentences)} sentences; {counts}")
+
+
+@lm_app.command("lexicon")
+def lm_lexicon_cmd(
+    model: Annotated[Path, typer.Argument(help="The model whose tokens spell the words.")],
+    text: Annotated[Path, typer.Argument(help="Text file or manifest whose words make the vocabulary.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="The lexicon file to write.")],
+) -> None:
+    """Write the lexicon (word -> token spelling) for beam search with this model's tokens."""
+    from asr.decode import load_model
+    from asr.lm import lexicon_words, read_lm_texts, write_lexicon
+
+    written, skipped = write_lexicon(lexicon_words(read_lm_texts(text)), load_model(model).tokenizer.tokens, out)
+    typer.echo(f"{out}: {written} words")
+    if skipped:
+        typer.echo(f"warning: {len(skipped)} word(s) use characters outside the model's tokens, left out: {' '.join(skipped[:20])}", err=True)
+
+
+@app.command("tune-decoder")
+def tune_decoder_cmd(
+    model: Annotated[Path, typer.Argument(help="A checkpoint or exported model.")],
+    dev: Annotated[Path, typer.Argument(help="The dev manifest to tune on (never the test set).")],
+    lm: LM = None,
+    lexicon: Lexicon = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the best [decode] settings (TOML).")] = Path("decode.toml"),
+    lm_weights: Annotated[str, typer.Option(help="Comma-separated LM weights to try.")] = "0,0.5,1,1.5,2,3",
+    word_scores: Annotated[str, typer.Option(help="Comma-separated word scores to try.")] = "-2,-1,0,1,2",
+) -> None:
+    """Grid-search LM weight and word score on a dev set; the best go to --out for --decoder-config."""
+    from asr.decode import tune_decoder
+
+    if lm is None or lexicon is None:
+        raise typer.BadParameter("tuning needs both --lm and --lexicon", param_hint="--lm/--lexicon")
+    try:
+        weights = [float(x) for x in lm_weights.split(",")]
+        scores = [float(x) for x in word_scores.split(",")]
+    except ValueError:
+        raise typer.BadParameter("expected comma-separated numbers", param_hint="--lm-weights/--word-scores") from None
+    result = tune_decoder(model, dev, lexicon, lm, weights, scores, out)
+    for w, ws, wer in result.grid:
+        typer.echo(f"lm_weight {w:5.2f}  word_score {ws:5.2f}  WER {wer:6.2f}%")
+    typer.echo(f"best: lm_weight {result.best['lm_weight']}, word_score {result.best['word_score']} (WER {result.best_wer:.2f}%) -> {out}")
+
+
+@app.command("export")
+def export_cmd(
+    model: Annotated[Path, typer.Argument(help="A checkpoint (model.pt).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="The exported file (.ts or .onnx).")],
+    fmt: Annotated[str, typer.Option("--format", help="torchscript or onnx.")] = "torchscript",
+    quantize: Annotated[str | None, typer.Option(help="int8: dynamic quantization of the LSTM and linear layers.")] = None,
+) -> None:
+    """Export the model for deployment; `asr transcribe` and `asr decode` run the exported file."""
+    from asr.export import export
+
+    path = export(model, out, fmt, quantize)
+    typer.echo(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
 
 
 @recipe_app.command("run")

@@ -14,6 +14,17 @@ from asr.audio import AudioError
 from asr.segment import Segment, iter_segments, segment_stream
 
 
+@pytest.fixture
+def one_torch_thread():
+    """Resampling runs in torch; on a busy 2-core machine one thread is several times faster."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _tone(seconds: float, sr: int, amp: float, freq: float = 440.0) -> np.ndarray:
     t = np.arange(int(round(seconds * sr))) / sr
     return amp * np.sin(2 * np.pi * freq * t)
@@ -108,17 +119,6 @@ def _write_long_file(path: Path, minutes: int, sr: int = 8000) -> tuple[list[flo
             f.write((minute + 0.002 * rng.standard_normal(len(minute))).astype(np.float32))
             onsets += [60.0 * m, 60.0 * m + 5, 60.0 * m + 10]
     return onsets, 60.0 * minutes
-
-
-@pytest.fixture
-def one_torch_thread():
-    """Resampling runs in torch; on a busy 2-core machine one thread is several times faster."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_long_file_in_bounded_memory(tmp_path: Path, one_torch_thread: None) -> None:

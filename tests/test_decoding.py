@@ -1,0 +1,76 @@
+"""Beam search with a lexicon and n-gram LM, decoder tuning, output formats and export, through
+the CLI, on the tone-word model that tests/test_end_to_end.py trains."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.test_end_to_end import invoke, trained  # noqa: F401  (fixture)
+
+
+@pytest.fixture(scope="module")
+def lm_files(trained: Path, tone_corpus: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:  # noqa: F811
+    root = tmp_path_factory.mktemp("lm")
+    arpa, lexicon = root / "3gram.arpa", root / "lexicon.txt"
+    out = invoke("lm", "build", tone_corpus["train"], "--order", "3", "--out", arpa).stdout
+    assert "1-grams" in out and "\\data\\" in arpa.read_text()
+    invoke("lm", "lexicon", trained / "best.pt", tone_corpus["train"], "--out", lexicon)
+    assert "CAB\tC A B |" in lexicon.read_text().splitlines()
+    return {"lm": arpa, "lexicon": lexicon}
+
+
+def wer(ref: Path, hyp: Path) -> float:
+    return json.loads(invoke("score", ref, hyp, "--json").stdout)["wer"]
+
+
+def test_beam_search_with_lm_is_no_worse_than_greedy(trained: Path, tone_corpus: dict[str, Path], lm_files: dict[str, Path], tmp_path: Path) -> None:  # noqa: F811
+    test = tone_corpus["test"]
+    invoke("decode", trained / "best.pt", test, "--out", tmp_path / "greedy.jsonl")
+    invoke("decode", trained / "best.pt", test, "--out", tmp_path / "lm.jsonl", "--lm", lm_files["lm"], "--lexicon", lm_files["lexicon"], "--nbest", "3")
+    assert wer(test, tmp_path / "lm.jsonl") <= wer(test, tmp_path / "greedy.jsonl")
+    rows = [json.loads(line) for line in (tmp_path / "lm.jsonl").read_text().splitlines()]
+    assert all(1 <= len(r["nbest"]) <= 3 and r["nbest"][0]["text"] == r["text"] for r in rows)
+    # Lexicon-free beam search without an LM gives the greedy answer on these peaky posteriors.
+    invoke("decode", trained / "best.pt", test, "--out", tmp_path / "beam.jsonl", "--beam")
+    assert wer(test, tmp_path / "beam.jsonl") == wer(test, tmp_path / "greedy.jsonl")
+
+
+def test_tune_decoder_writes_settings_that_decode_reads(trained: Path, tone_corpus: dict[str, Path], lm_files: dict[str, Path], tmp_path: Path) -> None:  # noqa: F811
+    out = tmp_path / "decode.toml"
+    result = invoke("tune-decoder", trained / "best.pt", tone_corpus["dev"], "--lm", lm_files["lm"], "--lexicon", lm_files["lexicon"], "--lm-weights", "0,1", "--word-scores", "0,1", "--out", out)
+    assert len([line for line in result.stdout.splitlines() if line.startswith("lm_weight")]) == 4
+    assert "[decode]" in out.read_text() and "lm_weight" in out.read_text()
+    invoke("decode", trained / "best.pt", tone_corpus["test"], "--out", tmp_path / "h.jsonl", "--lm", lm_files["lm"], "--lexicon", lm_files["lexicon"], "--decoder-config", out)
+
+
+def test_transcribe_formats(trained: Path, tone_corpus: dict[str, Path], tmp_path: Path) -> None:  # noqa: F811
+    wav = sorted(tone_corpus["test"].parent.glob("*.wav"))[0]
+    row = json.loads(invoke("transcribe", trained / "best.pt", wav, "--format", "json").stdout)
+    assert row["text"] and row["duration"] > 0 and row["words"]
+    assert all(0 <= w["start"] < w["end"] <= row["duration"] + 0.05 and 0 <= w["confidence"] <= 1 for w in row["words"])
+    assert " ".join(w["word"] for w in row["words"]) == row["text"]
+    srt = invoke("transcribe", trained / "best.pt", wav, "--format", "srt").stdout
+    assert srt.startswith("1\n") and " --> " in srt
+    vtt = invoke("transcribe", trained / "best.pt", wav, "--format", "vtt").stdout
+    assert vtt.startswith("WEBVTT")
+    ctm = invoke("transcribe", trained / "best.pt", wav, "--format", "ctm").stdout.splitlines()
+    assert len(ctm) == len(row["words"]) and all(len(line.split()) == 6 for line in ctm)
+    invoke("transcribe", trained / "best.pt", wav, "--format", "srt", "--output-dir", tmp_path / "subs")
+    assert (tmp_path / "subs" / f"{wav.stem}.srt").read_text() == srt
+
+
+@pytest.mark.parametrize(("fmt", "suffix"), [("torchscript", ".ts"), ("onnx", ".onnx")])
+def test_exported_model_transcribes_like_the_checkpoint(trained: Path, tone_corpus: dict[str, Path], tmp_path: Path, fmt: str, suffix: str) -> None:  # noqa: F811
+    if fmt == "onnx":
+        pytest.importorskip("onnxruntime")
+    exported = tmp_path / f"model{suffix}"
+    invoke("export", trained / "best.pt", "--out", exported, "--format", fmt)
+    wavs = sorted(tone_corpus["test"].parent.glob("*.wav"))[:4]
+    assert invoke("transcribe", exported, *wavs).stdout == invoke("transcribe", trained / "best.pt", *wavs).stdout
+    quantized = tmp_path / f"model-int8{suffix}"
+    invoke("export", trained / "best.pt", "--out", quantized, "--format", fmt, "--quantize", "int8")
+    assert quantized.stat().st_size < exported.stat().st_size
+    invoke("decode", quantized, tone_corpus["test"], "--out", tmp_path / "q.jsonl")
+    invoke("decode", trained / "best.pt", tone_corpus["test"], "--out", tmp_path / "c.jsonl")
+    assert abs(wer(tone_corpus["test"], tmp_path / "q.jsonl") - wer(tone_corpus["test"], tmp_path / "c.jsonl")) <= 10
