@@ -101,6 +101,7 @@ class Recognizer:
 
     @torch.inference_mode()
     def log_probs(self, feats: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Raw (unnormalised) features (B, T, D) -> log-probabilities (B, T', V) and lengths T'."""
-        log_probs, out_lengths = self.model(self.normalizer(feats.to(self.device)), lengths)
+        """Raw (unnormalised) zero-padded features (B, T, D) and lengths -> log-probabilities
+        (B, T', V) and lengths T', on the CPU."""
+        log_probs, out_lengths = self.model(self.normalizer(feats.to(self.device, torch.float32), lengths), lengths)
         return log_probs.float().cpu(), out_lengths.cpu()

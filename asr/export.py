@@ -18,7 +18,7 @@ for ONNX.
     model = ExportedModel.load("exp/an4/model.onnx")
     log_probs, out_lengths = model.log_probs(feats, lengths)
 
-`ExportedModel` and `checkpoint_log_probs` give a checkpoint and an export one interface: both
+`ExportedModel.log_probs` and `Recognizer.log_probs` give an export and a checkpoint one interface: both
 normalise a zero-padded batch of raw features exactly as the decoder does (each utterance
 normalised, then padded with zeros), so an utterance gets the same output alone or in a batch.
 """
@@ -65,19 +65,6 @@ class ExportError(ValueError):
     """An export that cannot be written or a file that cannot be loaded as one; names the file."""
 
 
-def normalize_padded(normalizer: nn.Module, feats: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-    """Normalise a zero-padded (B, T, D) batch of raw features and set its padding to zero.
-
-    The same as normalising each utterance and then padding the batch with zeros (what
-    `asr.decode.recognize_features` does), so padding frames never differ from the ones the
-    model gets for an utterance alone. Written to trace: no Python control flow on shapes.
-    """
-    x = normalizer(feats)
-    steps = torch.arange(x.shape[1], device=x.device)
-    real = steps[None, :] < lengths.to(x.device)[:, None]
-    return x * real[:, :, None].to(x.dtype)
-
-
 class ExportModule(nn.Module):
     """What an export computes: normalisation, padding set to zero, time padded to a multiple of
     the model's frame stack, then the CTC model.
@@ -94,22 +81,12 @@ class ExportModule(nn.Module):
         self.stack = model.stack
 
     def forward(self, features: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = normalize_padded(self.normalizer, features, lengths)
+        x = self.normalizer(features, lengths)
         s = self.stack
         if s > 1:
             frames = x.shape[1]
             x = F.pad(x, (0, 0, 0, s - 1))[:, : (frames + s - 1) // s * s]
         return self.model(x, lengths)
-
-
-def checkpoint_log_probs(rec: Recognizer, feats: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """`ExportedModel.log_probs` for a checkpoint: a zero-padded (B, T, D) batch of raw features
-    and its lengths -> log-probabilities (B, T', V) and output lengths, on the model's device."""
-    with torch.inference_mode():
-        device = rec.device
-        lengths = lengths.to(device=device, dtype=torch.long)
-        x = normalize_padded(rec.normalizer, feats.to(device=device, dtype=torch.float32), lengths)
-        return rec.model(x, lengths)
 
 
 # --------------------------------------------------------------------------------------- export

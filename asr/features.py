@@ -57,8 +57,14 @@ class Normalizer(nn.Module):
         std = (sq / total - mean**2).clamp_min(1e-10).sqrt()
         return cls(mean, std)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (x - self.mean) / self.std
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """Normalise (…, T, D) features; with `lengths`, frames past each length (padding) are set
+        to zero, as if each utterance were normalised alone and then padded."""
+        x = (x - self.mean) / self.std
+        if lengths is not None:
+            real = torch.arange(x.shape[-2], device=x.device)[None, :] < lengths.to(x.device)[:, None]
+            x = x * real[:, :, None].to(x.dtype)
+        return x
 
 
 def spec_augment(x: torch.Tensor, lengths: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator) -> torch.Tensor:

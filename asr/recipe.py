@@ -197,11 +197,12 @@ def results_table(recipe: Recipe, exp: Path, results: dict[str, dict]) -> str:
         if len(rows) > 1:
             header = rows[0].split(",")
             train_seconds = rows[-1].split(",")[header.index("elapsed_seconds")]
+    tuning = f"weights tuned on {recipe.dev_set}" if recipe.dev_set else "default weights (no dev set to tune on)"
+    lm = f"; (LM): beam search with the lexicon and {recipe.lm_order}-gram LM built from the training transcripts, {tuning}" if recipe.lm_order else ""
     lines = [
         f"# Results: {recipe.name}",
         "",
-        f"Model: {exp / 'model.pt'}; greedy CTC decoding, and (LM) beam search with the lexicon and n-gram LM "
-        f"built from the training transcripts, weights tuned on the dev set. Training time: {train_seconds} s.",
+        f"Model: {exp / 'model.pt'}. Greedy CTC decoding{lm}. Training time: {train_seconds} s.",
         "",
         "| set | utterances | words | WER % | CER % | sub | del | ins |",
         "|---|---|---|---|---|---|---|---|",

@@ -56,7 +56,7 @@ class TrainData:
 
     def batch(self, indices: list[int], normalizer: Normalizer) -> Batch:
         x, lengths = pad_batch([self.features[i] for i in indices])
-        x = normalizer(x)
+        x = normalizer(x, lengths)
         tgt = [self.targets[i] for i in indices]
         return Batch(
             x,

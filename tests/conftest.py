@@ -78,3 +78,25 @@ warmup_steps = 10
 batch_frames = 1500
 seed = 1
 """
+
+
+def invoke(*args: object):
+    """Run the `asr` CLI in-process; fails the test on a non-zero exit."""
+    from typer.testing import CliRunner
+
+    from cli.main import app
+
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    assert result.exit_code == 0, (result.output, result.exception)
+    return result
+
+
+@pytest.fixture(scope="session")
+def trained(tone_corpus: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small model trained on the tone words (about half a minute on 2 cores)."""
+    root = tmp_path_factory.mktemp("exp")
+    config = root / "tones.toml"
+    config.write_text(TONE_CONFIG)
+    exp = root / "exp"
+    invoke("train", config, "--out", exp, "--set", f"data.train={tone_corpus['train']}", "--set", f"data.dev={tone_corpus['dev']}")
+    return exp

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_end_to_end import invoke, trained  # noqa: F401  (fixture)
+from tests.conftest import invoke
 
 
 @pytest.fixture(scope="module")
-def lm_files(trained: Path, tone_corpus: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:  # noqa: F811
+def lm_files(trained: Path, tone_corpus: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("lm")
     arpa, lexicon = root / "3gram.arpa", root / "lexicon.txt"
     out = invoke("lm", "build", tone_corpus["train"], "--order", "3", "--out", arpa).stdout
@@ -24,7 +24,7 @@ def wer(ref: Path, hyp: Path) -> float:
     return json.loads(invoke("score", ref, hyp, "--json").stdout)["wer"]
 
 
-def test_beam_search_with_lm_is_no_worse_than_greedy(trained: Path, tone_corpus: dict[str, Path], lm_files: dict[str, Path], tmp_path: Path) -> None:  # noqa: F811
+def test_beam_search_with_lm_is_no_worse_than_greedy(trained: Path, tone_corpus: dict[str, Path], lm_files: dict[str, Path], tmp_path: Path) -> None:
     test = tone_corpus["test"]
     invoke("decode", trained / "best.pt", test, "--out", tmp_path / "greedy.jsonl")
     invoke("decode", trained / "best.pt", test, "--out", tmp_path / "lm.jsonl", "--lm", lm_files["lm"], "--lexicon", lm_files["lexicon"], "--nbest", "3")
@@ -36,7 +36,7 @@ def test_beam_search_with_lm_is_no_worse_than_greedy(trained: Path, tone_corpus:
     assert wer(test, tmp_path / "beam.jsonl") == wer(test, tmp_path / "greedy.jsonl")
 
 
-def test_tune_decoder_writes_settings_that_decode_reads(trained: Path, tone_corpus: dict[str, Path], lm_files: dict[str, Path], tmp_path: Path) -> None:  # noqa: F811
+def test_tune_decoder_writes_settings_that_decode_reads(trained: Path, tone_corpus: dict[str, Path], lm_files: dict[str, Path], tmp_path: Path) -> None:
     out = tmp_path / "decode.toml"
     result = invoke("tune-decoder", trained / "best.pt", tone_corpus["dev"], "--lm", lm_files["lm"], "--lexicon", lm_files["lexicon"], "--lm-weights", "0,1", "--word-scores", "0,1", "--out", out)
     assert len([line for line in result.stdout.splitlines() if line.startswith("lm_weight")]) == 4
@@ -44,7 +44,7 @@ def test_tune_decoder_writes_settings_that_decode_reads(trained: Path, tone_corp
     invoke("decode", trained / "best.pt", tone_corpus["test"], "--out", tmp_path / "h.jsonl", "--lm", lm_files["lm"], "--lexicon", lm_files["lexicon"], "--decoder-config", out)
 
 
-def test_transcribe_formats(trained: Path, tone_corpus: dict[str, Path], tmp_path: Path) -> None:  # noqa: F811
+def test_transcribe_formats(trained: Path, tone_corpus: dict[str, Path], tmp_path: Path) -> None:
     wav = sorted(tone_corpus["test"].parent.glob("*.wav"))[0]
     row = json.loads(invoke("transcribe", trained / "best.pt", wav, "--format", "json").stdout)
     assert row["text"] and row["duration"] > 0 and row["words"]
@@ -61,7 +61,7 @@ def test_transcribe_formats(trained: Path, tone_corpus: dict[str, Path], tmp_pat
 
 
 @pytest.mark.parametrize(("fmt", "suffix"), [("torchscript", ".ts"), ("onnx", ".onnx")])
-def test_exported_model_transcribes_like_the_checkpoint(trained: Path, tone_corpus: dict[str, Path], tmp_path: Path, fmt: str, suffix: str) -> None:  # noqa: F811
+def test_exported_model_transcribes_like_the_checkpoint(trained: Path, tone_corpus: dict[str, Path], tmp_path: Path, fmt: str, suffix: str) -> None:
     if fmt == "onnx":
         pytest.importorskip("onnxruntime")
     exported = tmp_path / f"model{suffix}"

@@ -6,30 +6,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import torch
-from typer.testing import CliRunner
 
-from cli.main import app
-from tests.conftest import TONE_CONFIG
-
-runner = CliRunner()
-
-
-def invoke(*args: str):
-    result = runner.invoke(app, [str(a) for a in args])
-    assert result.exit_code == 0, (result.output, result.exception)
-    return result
-
-
-@pytest.fixture(scope="module")
-def trained(tone_corpus: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("exp")
-    config = root / "tones.toml"
-    config.write_text(TONE_CONFIG)
-    exp = root / "exp"
-    invoke("train", config, "--out", exp, "--set", f"data.train={tone_corpus['train']}", "--set", f"data.dev={tone_corpus['dev']}")
-    return exp
+from tests.conftest import TONE_CONFIG, invoke
 
 
 def test_training_writes_self_contained_checkpoints(trained: Path) -> None:

@@ -18,7 +18,6 @@ from asr.export import (
     SUFFIXES,
     ExportedModel,
     ExportError,
-    checkpoint_log_probs,
     export,
     is_exported,
 )
@@ -102,9 +101,9 @@ def _valid(log_probs: torch.Tensor, out_lengths: torch.Tensor) -> torch.Tensor:
     return torch.cat([log_probs[b, :n] for b, n in enumerate(out_lengths.tolist())])
 
 
-def test_checkpoint_log_probs_is_the_decoders_computation(rec: Recognizer, batch) -> None:
+def test_recognizer_log_probs_normalises_each_utterance_then_pads(rec: Recognizer, batch) -> None:
     feats, x, lengths = batch
-    got, got_lengths = checkpoint_log_probs(rec, x, lengths)
+    got, got_lengths = rec.log_probs(x, lengths)
     with torch.inference_mode():
         want, want_lengths = rec.model(*pad_batch([rec.normalizer(f) for f in feats]))
     assert torch.equal(got_lengths, want_lengths)
@@ -115,7 +114,7 @@ def test_checkpoint_log_probs_is_the_decoders_computation(rec: Recognizer, batch
 def test_fp32_export_matches_checkpoint(fmt: str, exported, rec: Recognizer, batch) -> None:
     _, x, lengths = batch
     model = _load(exported(fmt, None))
-    want, want_lengths = checkpoint_log_probs(rec, x, lengths)
+    want, want_lengths = rec.log_probs(x, lengths)
     got, got_lengths = model.log_probs(x, lengths)
     assert got.shape == want.shape and got.dtype == torch.float32
     assert torch.equal(got_lengths, want_lengths)
@@ -126,7 +125,7 @@ def test_fp32_export_matches_checkpoint(fmt: str, exported, rec: Recognizer, bat
 def test_int8_export_is_close_and_agrees_on_argmax(fmt: str, exported, rec: Recognizer, batch) -> None:
     _, x, lengths = batch
     model = _load(exported(fmt, "int8"))
-    want, want_lengths = checkpoint_log_probs(rec, x, lengths)
+    want, want_lengths = rec.log_probs(x, lengths)
     got, got_lengths = model.log_probs(x, lengths)
     assert torch.equal(got_lengths, want_lengths)
     got, want = _valid(got, got_lengths), _valid(want, want_lengths)
@@ -292,6 +291,6 @@ def test_unidirectional_unstacked_model_exports(fmt: str, tmp_path: Path) -> Non
     model = _load(export(rec, tmp_path / f"m{SUFFIXES[fmt]}", fmt))
     x, lengths = torch.randn(3, 11, DIM), torch.tensor([11, 6, 2])
     got, got_lengths = model.log_probs(x, lengths)
-    want, want_lengths = checkpoint_log_probs(rec, x, lengths)
+    want, want_lengths = rec.log_probs(x, lengths)
     assert torch.equal(got_lengths, want_lengths) and torch.equal(got_lengths, lengths)
     assert (_valid(got, got_lengths) - _valid(want, want_lengths)).abs().max() < 1e-4
