@@ -28,7 +28,8 @@ def test_download_failure_says_how_to_use_a_local_copy(tmp_path: Path) -> None:
         download_corpus(recipe, cache_dir=tmp_path / "cache")
 
 
-def test_download_extracts_safely(tmp_path: Path) -> None:
+def test_download_verifies_and_extracts_safely(tmp_path: Path) -> None:
+    import hashlib
     import tarfile
 
     src = tmp_path / "src" / "waves_yesno"
@@ -39,9 +40,28 @@ def test_download_extracts_safely(tmp_path: Path) -> None:
         tar.add(src, arcname="waves_yesno")
     recipe = load_recipe("yesno")
     recipe.url = archive.as_uri()
+    with pytest.raises(RecipeError, match="checksum mismatch"):
+        download_corpus(recipe, cache_dir=tmp_path / "cache")
+    recipe.sha256 = hashlib.sha256(archive.read_bytes()).hexdigest()
     target = download_corpus(recipe, cache_dir=tmp_path / "cache")
     assert (target / "0_1.wav").exists()
     assert download_corpus(recipe, cache_dir=tmp_path / "cache") == target  # cached: no second download
+
+
+def test_archive_with_paths_outside_the_target_is_refused(tmp_path: Path) -> None:
+    import io
+    import tarfile
+
+    archive = tmp_path / "evil.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        info = tarfile.TarInfo("../escaped.txt")
+        info.size = 3
+        tar.addfile(info, io.BytesIO(b"bad"))
+    recipe = load_recipe("yesno")
+    recipe.url, recipe.sha256 = archive.as_uri(), ""
+    with pytest.raises(RecipeError, match="refused to extract"):
+        download_corpus(recipe, cache_dir=tmp_path / "cache")
+    assert not (tmp_path / "cache" / "escaped.txt").exists() and not (tmp_path / "escaped.txt").exists()
 
 
 @pytest.mark.skipif(not (SHARED_DATA / "yesno").is_dir(), reason="yesno corpus not in ../shared/data")
