@@ -74,3 +74,46 @@ def test_exported_model_transcribes_like_the_checkpoint(trained: Path, tone_corp
     invoke("decode", quantized, tone_corpus["test"], "--out", tmp_path / "q.jsonl")
     invoke("decode", trained / "best.pt", tone_corpus["test"], "--out", tmp_path / "c.jsonl")
     assert abs(wer(tone_corpus["test"], tmp_path / "q.jsonl") - wer(tone_corpus["test"], tmp_path / "c.jsonl")) <= 10
+
+
+def test_srt_word_times_match_where_the_words_are(trained: Path, tmp_path: Path) -> None:
+    """Words with known positions (tone words between silences of known length): every word's
+    start and end in the JSON and the SRT cues fall within 0.1 s of the truth."""
+    import numpy as np
+    import soundfile as sf
+
+    from tests.conftest import TONES
+
+    sr, rng = 16000, np.random.default_rng(7)
+    words = ["CAB", "DAD", "BC", "ADD", "CAD", "AB"]
+    pieces, truth, t = [], [], 0.0
+    for i, w in enumerate(words):
+        gap = [0.6, 1.1, 0.4, 2.0, 0.8, 0.5][i]
+        pieces.append(np.zeros(int(gap * sr)))
+        t += gap
+        for ch in w:
+            n = np.arange(int(0.12 * sr)) / sr
+            pieces.append(0.5 * np.sin(2 * np.pi * TONES[ch] * n))
+        truth.append((w, t, t + 0.12 * len(w)))
+        t += 0.12 * len(w)
+    pieces.append(np.zeros(int(0.5 * sr)))
+    audio = np.concatenate(pieces)
+    wav = tmp_path / "joined.wav"
+    sf.write(wav, (audio + 0.01 * rng.standard_normal(len(audio))).astype(np.float32), sr)
+
+    row = json.loads(invoke("transcribe", trained / "best.pt", wav, "--format", "json").stdout)
+    assert [w["word"] for w in row["words"]] == words
+    for w, (_, start, end) in zip(row["words"], truth, strict=True):
+        assert abs(w["start"] - start) <= 0.1 and abs(w["end"] - end) <= 0.1, (w, start, end)
+
+    srt = invoke("transcribe", trained / "best.pt", wav, "--format", "srt").stdout
+    cues = [block.splitlines() for block in srt.strip().split("\n\n")]
+    assert [int(c[0]) for c in cues] == list(range(1, len(cues) + 1))
+
+    def seconds(stamp: str) -> float:
+        h, m, s = stamp.replace(",", ".").split(":")
+        return int(h) * 3600 + int(m) * 60 + float(s)
+
+    first = seconds(cues[0][1].split(" --> ")[0])
+    last = seconds(cues[-1][1].split(" --> ")[1])
+    assert abs(first - truth[0][1]) <= 0.1 and abs(last - truth[-1][2]) <= 0.1
