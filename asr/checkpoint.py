@@ -3,9 +3,7 @@ loadable with `torch.load(weights_only=True)`."""
 
 from __future__ import annotations
 
-import os
 import pickle
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,6 +12,7 @@ import torch
 
 from asr.config import Config, ConfigError
 from asr.features import FeatureExtractor, Normalizer
+from asr.fileio import atomic_open
 from asr.model import CTCModel
 from asr.text import Tokenizer
 
@@ -27,18 +26,8 @@ class CheckpointError(ValueError):
 
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
     """torch.save via a temporary file and a rename, so a crash never leaves half a checkpoint."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_open(path, "wb") as f:
+        torch.save(payload, f)
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

@@ -19,10 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from asr.audio import AUDIO_EXTENSIONS
+from asr.fileio import atomic_write_text
 from asr.manifest import (
     Rejected,
     Utterance,
-    atomic_write_text,
     read_manifest,
     validate,
     write_jsonl,

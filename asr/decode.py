@@ -233,7 +233,7 @@ def tune_decoder(
     settings as a [decode] TOML table that `--decoder-config` and recipes read."""
     from asr.beam import BeamSearch
     from asr.config import DecodeConfig, to_toml
-    from asr.manifest import atomic_write_text
+    from asr.fileio import atomic_write_text
     from asr.scoring import score
 
     model = load_model(model) if isinstance(model, (str, Path)) else model

@@ -45,6 +45,7 @@ from torch import nn
 from asr.checkpoint import Recognizer
 from asr.config import Config, ConfigError
 from asr.features import FeatureExtractor, Normalizer
+from asr.fileio import atomic_write_bytes
 from asr.model import CTCModel
 from asr.text import Tokenizer
 
@@ -121,7 +122,7 @@ def export(
             data = _torchscript_bytes(module, example, quantize, meta)
         else:
             data = _onnx_bytes(module, example, quantize, meta, out)
-    _write_atomic(out, data)
+    atomic_write_bytes(out, data)
     return out
 
 
@@ -222,19 +223,6 @@ def _onnx_bytes(module: ExportModule, example: tuple[torch.Tensor, torch.Tensor]
     proto.producer_name = "asr"
     onnx.checker.check_model(proto)
     return proto.SerializeToString()
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # ------------------------------------------------------------------------------------- loading

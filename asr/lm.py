@@ -22,7 +22,6 @@ never predicted and is written with log10 probability -99), which is where ``<un
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
@@ -30,10 +29,11 @@ import shutil
 import subprocess
 import tempfile
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from asr.fileio import atomic_open, read_text
 from asr.text import BLANK, WORD_BOUNDARY, normalize
 
 BOS = "<s>"
@@ -60,18 +60,7 @@ def read_lm_texts(path: str | Path) -> list[str]:
     (or normalise to nothing) are skipped.
     """
     path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise LMError(f"{path}: file not found") from None
-    except IsADirectoryError:
-        raise LMError(f"{path}: is a directory, not a text file") from None
-    except OSError as e:
-        raise LMError(f"{path}: cannot read ({e.strerror})") from None
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise LMError(f"{path}: not UTF-8 text (bad byte at offset {e.start})") from None
+    text = read_text(path, LMError)
 
     lines = text.splitlines()
     first = next((line.strip() for line in lines if line.strip()), "")
@@ -265,7 +254,7 @@ def build_arpa(sentences: Sequence[str], order: int, out: str | Path, method: st
     written = max(order, 2)
     if order == 1:
         sections.append([])
-    with _atomic_writer(out) as f:
+    with atomic_open(out) as f:
         f.write("\\data\\\n")
         for n in range(1, written + 1):
             f.write(f"ngram {n}={len(sections[n])}\n")
@@ -295,25 +284,6 @@ def build_arpa(sentences: Sequence[str], order: int, out: str | Path, method: st
         discounts=discounts,
         fallback_orders=fallback,
     )
-
-
-@contextlib.contextmanager
-def _atomic_writer(path: Path) -> Iterator:
-    """A text file written through a temporary file in the same folder, fsynced and renamed."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def build_arpa_kenlm(sentences: Sequence[str], order: int, out: str | Path, memory: str = "10%") -> LMStats:
@@ -490,7 +460,7 @@ def write_tokens(tokens: Sequence[str], out: str | Path) -> Path:
         seen.add(t)
     if not seen:
         raise LMError(f"{out}: no tokens to write")
-    with _atomic_writer(out) as f:
+    with atomic_open(out) as f:
         f.write("".join(t + "\n" for t in tokens))
     return out
 
@@ -527,6 +497,6 @@ def write_lexicon(
             lines.append(f"{word}\t{' '.join(word)}{' ' + WORD_BOUNDARY if boundary else ''}\n")
         else:
             skipped.append(word)
-    with _atomic_writer(out) as f:
+    with atomic_open(out) as f:
         f.writelines(lines)
     return len(lines), skipped

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from asr.audio import AudioError, audio_info
+from asr.fileio import atomic_write_text, read_text
 from asr.text import normalize
 
 
@@ -33,29 +32,6 @@ class ManifestError(ValueError):
     """A manifest line that cannot be read; the message names file and line."""
 
 
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write via a temporary file, flush, fsync and rename, so readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would otherwise survive the rename
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def write_jsonl(path: str | Path, rows: Iterable[dict]) -> None:
     atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
@@ -63,13 +39,8 @@ def write_jsonl(path: str | Path, rows: Iterable[dict]) -> None:
 def read_jsonl(path: str | Path) -> Iterator[dict]:
     """Yield the JSON objects of a JSONL file; blank lines are skipped."""
     path = Path(path)
-    try:
-        # split on \n only: U+2028 and friends may appear inside JSON strings
-        lines = path.read_text(encoding="utf-8").split("\n")
-    except FileNotFoundError:
-        raise ManifestError(f"{path}: file not found") from None
-    except UnicodeDecodeError:
-        raise ManifestError(f"{path}: not UTF-8 text") from None
+    # split on \n only: U+2028 and friends may appear inside JSON strings
+    lines = read_text(path, ManifestError).split("\n")
     for n, line in enumerate(lines, 1):
         if not line.strip():
             continue

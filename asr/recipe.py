@@ -18,7 +18,7 @@ from tqdm import tqdm
 from asr.config import Config, ConfigError, set_value
 from asr.corpora import prepare
 from asr.decode import decode_manifest
-from asr.manifest import atomic_write_text
+from asr.fileio import atomic_write_text
 from asr.scoring import score_files
 from asr.train import export_model, train, training_complete
 

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from asr.manifest import ManifestError, atomic_write_text, read_jsonl
+from asr.fileio import atomic_write_text, read_text
+from asr.manifest import ManifestError, read_jsonl
 from asr.text import normalize
 
 SUB_COST, DEL_COST, INS_COST = 4, 3, 3
@@ -40,14 +41,7 @@ def read_transcripts(path: str | Path) -> dict[str, str]:
     `utt-id word word ...` lines; an id alone on its line has empty text.
     """
     path = Path(path)
-    try:
-        lines = path.read_text(encoding="utf-8").split("\n")
-    except FileNotFoundError:
-        raise ScoringError(f"{path}: file not found") from None
-    except UnicodeDecodeError:
-        raise ScoringError(f"{path}: not UTF-8 text") from None
-    except OSError as e:
-        raise ScoringError(f"{path}: cannot read ({e.strerror})") from None
+    lines = read_text(path, ScoringError).split("\n")
 
     numbered = [(n, line) for n, line in enumerate(lines, 1) if line.strip()]
     if numbered and numbered[0][1].lstrip().startswith("{"):

@@ -32,7 +32,8 @@ from asr.data import (
     subsampled_length,
 )
 from asr.features import FeatureExtractor, Normalizer, spec_augment
-from asr.manifest import atomic_write_text, read_manifest
+from asr.fileio import atomic_write_text
+from asr.manifest import read_manifest
 from asr.model import CTCModel, count_parameters, ctc_loss
 from asr.scoring import score
 from asr.text import Tokenizer

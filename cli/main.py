@@ -154,7 +154,7 @@ def transcribe_cmd(
             continue
         text = FORMATS[fmt](result)
         if output_dir:
-            from asr.manifest import atomic_write_text
+            from asr.fileio import atomic_write_text
 
             atomic_write_text(output_dir / f"{Path(result.path).stem}.{fmt}", text)
         else:
