@@ -16,16 +16,19 @@ TONES = {"A": 400.0, "B": 900.0, "C": 1700.0, "D": 3000.0}
 WORDS = ["AB", "BAD", "CAB", "DAD", "ADD", "BC", "DC", "CAD"]
 
 
+def tone_word(word: str, sr: int = 16000) -> np.ndarray:
+    """Each letter a 120 ms tone with 10 ms ramps."""
+    t = np.arange(int(0.12 * sr)) / sr
+    ramp = np.minimum(1, np.minimum(t, t[::-1]) / 0.01)
+    return np.concatenate([0.5 * np.sin(2 * np.pi * TONES[ch] * t) * ramp for ch in word])
+
+
 def tone_utterance(words: list[str], rng: np.random.Generator, sr: int = 16000) -> np.ndarray:
-    """Letters as 120 ms tones, 200 ms of silence around and between words, a little noise."""
+    """Tone words with 200 ms of silence around and between them, and a little noise."""
     gap = np.zeros(int(0.2 * sr))
     parts = [gap]
     for w in words:
-        for ch in w:
-            t = np.arange(int(0.12 * sr)) / sr
-            ramp = np.minimum(1, np.minimum(t, t[::-1]) / 0.01)
-            parts.append(0.5 * np.sin(2 * np.pi * TONES[ch] * t) * ramp)
-        parts.append(gap)
+        parts += [tone_word(w, sr), gap]
     x = np.concatenate(parts)
     return (x + 0.01 * rng.standard_normal(len(x))).astype(np.float32)
 
