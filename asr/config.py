@@ -59,8 +59,10 @@ class TrainConfig:
     clip_norm: float = 5.0
     batch_frames: int = 20000  # padded input frames per batch (bucketed by length)
     max_nonfinite: int = 20  # consecutive non-finite steps (skipped) before training stops
+    accumulate: int = 1  # micro-batches per update (per process, when distributed)
     seed: int = 1
     threads: int = 0  # torch threads; 0 keeps torch's default
+    device: str = "auto"  # auto (CUDA when present), cpu or cuda
 
 
 @dataclass

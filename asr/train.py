@@ -7,18 +7,21 @@ import csv
 import fcntl
 import math
 import os
+import resource
 import signal
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from asr import distributed
 from asr.beam import greedy_ids
 from asr.checkpoint import Recognizer, load_checkpoint, model_payload, save_checkpoint
 from asr.config import Config, ConfigError, to_toml
@@ -31,6 +34,7 @@ from asr.data import (
     padding_fraction,
     subsampled_length,
 )
+from asr.distributed import resolve_device
 from asr.features import FeatureExtractor, Normalizer, spec_augment
 from asr.fileio import atomic_write_text
 from asr.manifest import read_manifest
@@ -38,7 +42,7 @@ from asr.model import CTCModel, count_parameters, ctc_loss
 from asr.scoring import score
 from asr.text import Tokenizer
 
-METRICS = ["epoch", "step", "lr", "train_loss", "grad_norm_mean", "grad_norm_max", "clipped", "skipped", "dev_loss", "dev_wer", "dev_cer", "epoch_seconds", "elapsed_seconds"]
+METRICS = ["epoch", "step", "lr", "train_loss", "grad_norm_mean", "grad_norm_max", "clipped", "skipped", "dev_loss", "dev_wer", "dev_cer", "epoch_seconds", "elapsed_seconds", "peak_rss_mb"]
 
 
 @dataclass
@@ -68,7 +72,7 @@ class TrainData:
         )
 
 
-def prepare_data(manifest: str, name: str, cfg: Config, tokenizer: Tokenizer | None, training: bool) -> TrainData:
+def prepare_data(manifest: str, name: str, cfg: Config, tokenizer: Tokenizer | None, training: bool, log=None) -> TrainData:
     """Features and targets of a manifest. Utterances that are too long, spell characters outside
     the token set, or have more tokens than frames (CTC cannot learn them) are left out and counted."""
     utts = read_manifest(manifest)
@@ -90,10 +94,11 @@ def prepare_data(manifest: str, name: str, cfg: Config, tokenizer: Tokenizer | N
         else:
             keep.append(i)
             targets.append(tok.encode(u.text))
+    log = log or _log
     for reason, n in dropped.items():
-        print(f"{name}: left out {n} utterance(s): {reason}", file=sys.stderr)
+        log(f"{name}: left out {n} utterance(s): {reason}")
     if features.failed:
-        print(f"{name}: {len(features.failed)} utterance(s) with unreadable audio left out", file=sys.stderr)
+        log(f"{name}: {len(features.failed)} utterance(s) with unreadable audio left out")
     if not keep:
         raise ConfigError(f"{manifest}: no usable utterances")
     fs = features.subset(keep) if len(keep) < len(features) else features
@@ -115,8 +120,9 @@ def evaluate(model: CTCModel, data: TrainData, normalizer: Normalizer, tokenizer
     total_loss, refs, hyps = 0.0, {}, {}
     for indices in bucket_batches(data.features.lengths(), batch_frames):
         b = data.batch(indices, normalizer)
-        log_probs, out_lengths = model(b.feats, b.lengths)
-        total_loss += float(ctc_loss(log_probs, out_lengths, b.targets, b.target_lengths)) * len(indices)
+        device = next(model.parameters()).device
+        log_probs, out_lengths = model(b.feats.to(device), b.lengths)
+        total_loss += float(ctc_loss(log_probs.float(), out_lengths.to(device), b.targets.to(device), b.target_lengths.to(device))) * len(indices)
         for i, ids, uid in zip(indices, greedy_ids(log_probs, out_lengths), b.ids, strict=True):
             refs[uid] = data.features.utts[i].text
             hyps[uid] = tokenizer.decode(ids)
@@ -176,19 +182,28 @@ class StopRequest:
 
 
 def train(cfg: Config, exp_dir: str | Path) -> Path:
-    """Train into `exp_dir` (resuming from `exp_dir/last.pt` if it exists); returns the best checkpoint's path."""
+    """Train into `exp_dir` (resuming from `exp_dir/last.pt` if it exists); returns the best checkpoint's path.
+
+    Under torchrun every process runs this; rank 0 alone takes the lock and writes checkpoints,
+    metrics and progress."""
     exp = Path(exp_dir)
     exp.mkdir(parents=True, exist_ok=True)
-    with experiment_lock(exp), StopRequest().installed() as stop:
-        return _train(cfg, exp, stop)
+    device = resolve_device(cfg.train.device)
+    ranks = distributed.init(device)
+    lock = experiment_lock(exp) if ranks.main else nullcontext()
+    with lock, StopRequest().installed() as stop:
+        return _train(cfg, exp, stop, device, ranks)
 
 
-def _train(cfg: Config, exp: Path, stop: StopRequest) -> Path:
+def _train(cfg: Config, exp: Path, stop: StopRequest, device: torch.device, ranks: distributed.Dist) -> Path:
     if not cfg.data.train:
         raise ConfigError("data.train: no training manifest given")
+    if cfg.train.accumulate < 1:
+        raise ConfigError(f"train.accumulate must be at least 1, got {cfg.train.accumulate}")
     if cfg.train.threads > 0:
         torch.set_num_threads(cfg.train.threads)
     torch.manual_seed(cfg.train.seed)
+    log = _log if ranks.main else _quiet
 
     last_path, best_path = exp / "last.pt", exp / "best.pt"
     resume = load_checkpoint(last_path) if last_path.exists() else None
@@ -198,9 +213,13 @@ def _train(cfg: Config, exp: Path, stop: StopRequest) -> Path:
             raise ConfigError(f"{last_path}: model or feature settings differ from the checkpoint's; use a new --out directory")
     tokenizer = Tokenizer(tuple(resume["tokens"])) if resume else None
 
-    train_data = prepare_data(cfg.data.train, "train", cfg, tokenizer, training=True)
+    if not ranks.main:  # rank 0 computes and caches the features; the others then read the cache
+        ranks.barrier()
+    train_data = prepare_data(cfg.data.train, "train", cfg, tokenizer, training=True, log=log)
     tokenizer = tokenizer or Tokenizer.from_texts(u.text for u in train_data.features.utts)
-    dev_data = prepare_data(cfg.data.dev, "dev", cfg, tokenizer, training=False) if cfg.data.dev else None
+    dev_data = prepare_data(cfg.data.dev, "dev", cfg, tokenizer, training=False, log=log) if cfg.data.dev and ranks.main else None
+    if ranks.main:
+        ranks.barrier()
 
     if resume:
         normalizer = Normalizer(resume["normalizer"]["mean"], resume["normalizer"]["std"])
@@ -208,52 +227,65 @@ def _train(cfg: Config, exp: Path, stop: StopRequest) -> Path:
         normalizer = Normalizer.fit([train_data.features[i] for i in range(len(train_data.features))])
     dim = FeatureExtractor(cfg.features).dim
     model = CTCModel(dim, len(tokenizer), cfg.model)
+    if resume:
+        model.load_state_dict(resume["model"])
+    model.to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    # Each rank runs `accumulate` micro-batches per update; DDP averages the ranks' gradients.
+    trained = DistributedDataParallel(model) if ranks.enabled else model
+    per_step = cfg.train.accumulate * ranks.world
 
     lengths = train_data.features.lengths()
     first_batches = bucket_batches(lengths, cfg.train.batch_frames)
-    total_steps = len(first_batches) * cfg.train.epochs
+    steps_per_epoch = len(first_batches) // per_step
+    if steps_per_epoch == 0:
+        raise ConfigError(f"train.batch_frames={cfg.train.batch_frames} gives {len(first_batches)} batches, fewer than train.accumulate x processes = {per_step}")
+    total_steps = steps_per_epoch * cfg.train.epochs
     start_epoch, step, best_wer, elapsed, partial = 1, 0, math.inf, 0.0, None
-    generator = torch.Generator().manual_seed(cfg.train.seed)
+    batch_order = torch.Generator().manual_seed(cfg.train.seed)  # the same on every rank
     if resume:
         state = resume["train_state"]
-        model.load_state_dict(resume["model"])
         optimizer.load_state_dict(state["optimizer"])
         start_epoch, step, best_wer, elapsed = state["epoch"] + 1, state["step"], state["best_wer"], state["elapsed"]
-        generator.set_state(state["generator"])
+        batch_order.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
         partial = state.get("partial")
-        where = f"epoch {start_epoch}, batch {partial['done'] + 1}" if partial else f"after epoch {state['epoch']}"
-        print(f"resuming from {last_path} {where}", file=sys.stderr)
-    else:
+        where = f"epoch {start_epoch}, step {partial['done'] + 1} of the epoch" if partial else f"after epoch {state['epoch']}"
+        log(f"resuming from {last_path} {where}")
+    elif ranks.main:
         atomic_write_text(exp / "config.toml", to_toml(cfg.to_dict()))
 
-    print(
+    log(
         f"train: {len(train_data.features)} utts, {lengths.sum() / 100 / 3600:.2f} h; "
         f"dev: {len(dev_data.features) if dev_data else 0} utts; tokens: {len(tokenizer)}; "
         f"parameters: {count_parameters(model) / 1e6:.2f} M; {len(first_batches)} batches/epoch, "
-        f"padding {padding_fraction(lengths, first_batches):.1%}",
-        file=sys.stderr,
+        f"padding {padding_fraction(lengths, first_batches):.1%}; {steps_per_epoch} updates/epoch"
+        + (f" over {ranks.world} processes" if ranks.enabled else "")
+        + f"; device {device}"
     )
     metrics_path = exp / "metrics.csv"
     steps_path = exp / "steps.csv"
-    _truncate_csv(metrics_path, METRICS, "epoch", start_epoch - 1)
-    _truncate_csv(steps_path, ["step", "epoch", "loss", "grad_norm", "lr"], "step", step)
+    if ranks.main:
+        _truncate_csv(metrics_path, METRICS, "epoch", start_epoch - 1)
+        _truncate_csv(steps_path, ["step", "epoch", "loss", "grad_norm", "lr"], "step", step)
 
     def save_last(epoch_done: int, partial_state: dict | None = None) -> None:
+        if not ranks.main:
+            return
         payload = model_payload(cfg, tokenizer, normalizer, model)
         payload["train_state"] = {
             "epoch": epoch_done,
             "step": step,
             "best_wer": best_wer,
             "elapsed": elapsed,
-            "optimizer": optimizer.state_dict(),
-            "generator": generator.get_state(),
+            "optimizer": _cpu(optimizer.state_dict()),
+            "generator": batch_order.get_state(),
             "torch_rng": torch.get_rng_state(),
             "partial": partial_state,
         }
         save_checkpoint(last_path, payload)
 
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
     for epoch in range(start_epoch, cfg.train.epochs + 1):
         model.train()
         t0 = time.time()
@@ -261,27 +293,36 @@ def _train(cfg: Config, exp: Path, stop: StopRequest) -> Path:
             batches, done, stats = partial["batches"], partial["done"], partial["stats"]
             partial = None
         else:
-            batches, done, stats = bucket_batches(lengths, cfg.train.batch_frames, generator), 0, {"losses": [], "norms": [], "clipped": 0, "skipped": 0}
+            batches, done, stats = bucket_batches(lengths, cfg.train.batch_frames, batch_order), 0, {"losses": [], "norms": [], "clipped": 0, "skipped": 0}
+        augment_rng = torch.Generator().manual_seed(cfg.train.seed * 100_003 + epoch * 101 + ranks.rank)
+        groups = [batches[i * per_step : (i + 1) * per_step] for i in range(len(batches) // per_step)]
         consecutive_bad = 0
-        bar = tqdm(batches, desc=f"epoch {epoch}/{cfg.train.epochs}", unit="batch", leave=False, disable=None, initial=done)
-        with open(steps_path, "a", newline="") as steps_file:
-            steps_csv = csv.writer(steps_file)
-            for indices in batches[done:]:
+        bar = tqdm(total=len(groups), desc=f"epoch {epoch}/{cfg.train.epochs}", unit="step", leave=False, disable=None if ranks.main else True, initial=done)
+        with open(steps_path, "a", newline="") if ranks.main else nullcontext() as steps_file:
+            steps_csv = csv.writer(steps_file) if steps_file else None
+            for group in groups[done:]:
                 lr = cfg.train.lr * lr_factor(step, cfg.train.warmup_steps, total_steps, cfg.train.final_lr_ratio)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                b = train_data.batch(indices, normalizer)
-                x = spec_augment(b.feats, b.lengths, cfg.augment, generator)
-                log_probs, out_lengths = model(x, b.lengths)
-                loss = ctc_loss(log_probs, out_lengths, b.targets, b.target_lengths)
+                for g in optimizer.param_groups:
+                    g["lr"] = lr
                 optimizer.zero_grad(set_to_none=True)
-                norm = math.nan
-                if torch.isfinite(loss):
-                    loss.backward()
-                    norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.clip_norm))
+                mine = group[ranks.rank * cfg.train.accumulate : (ranks.rank + 1) * cfg.train.accumulate]
+                loss_value = 0.0
+                for k, indices in enumerate(mine):
+                    b = train_data.batch(indices, normalizer)
+                    x = spec_augment(b.feats, b.lengths, cfg.augment, augment_rng)
+                    if device.type == "cuda":
+                        x = x.pin_memory()
+                    last_micro = k == len(mine) - 1
+                    with trained.no_sync() if ranks.enabled and not last_micro else nullcontext(), autocast:
+                        log_probs, out_lengths = trained(x.to(device, non_blocking=True), b.lengths)
+                        loss = ctc_loss(log_probs, out_lengths, b.targets.to(device), b.target_lengths.to(device)) / len(mine)
+                    loss.backward()  # also when not finite: every rank must take part in the all-reduce
+                    loss_value += loss.item()
+                norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.clip_norm))
+                loss_value = ranks.mean(loss_value)
                 done += 1
                 bar.update()
-                if not math.isfinite(norm):  # a non-finite loss or gradient: skip the update
+                if not (math.isfinite(norm) and math.isfinite(loss_value)):  # skip the update
                     stats["skipped"] += 1
                     consecutive_bad += 1
                     if consecutive_bad >= cfg.train.max_nonfinite:
@@ -293,16 +334,17 @@ def _train(cfg: Config, exp: Path, stop: StopRequest) -> Path:
                 consecutive_bad = 0
                 optimizer.step()
                 step += 1
-                stats["losses"].append(loss.item())
+                stats["losses"].append(loss_value)
                 stats["norms"].append(norm)
                 stats["clipped"] += norm > cfg.train.clip_norm
-                steps_csv.writerow([step, epoch, f"{stats['losses'][-1]:.4f}", f"{norm:.4f}", f"{lr:.3e}"])
+                if steps_csv:
+                    steps_csv.writerow([step, epoch, f"{loss_value:.4f}", f"{norm:.4f}", f"{lr:.3e}"])
                 bar.set_postfix(loss=f"{np.mean(stats['losses'][-20:]):.3f}", gnorm=f"{norm:.2f}")
-                if stop.requested and done < len(batches):
+                if ranks.any(stop.requested) and done < len(groups):
                     bar.close()
                     elapsed += time.time() - t0
                     save_last(epoch - 1, {"batches": batches, "done": done, "stats": stats})
-                    _interrupted(last_path, f"epoch {epoch}, batch {done}/{len(batches)}")
+                    _interrupted(last_path, f"epoch {epoch}, step {done}/{len(groups)} of the epoch", ranks)
         bar.close()
         elapsed += time.time() - t0
         losses, norms = stats["losses"] or [math.nan], stats["norms"] or [math.nan]
@@ -321,27 +363,52 @@ def _train(cfg: Config, exp: Path, stop: StopRequest) -> Path:
             row.update(dev_loss=f"{dev_loss:.4f}", dev_wer=f"{dev_wer:.2f}", dev_cer=f"{dev_cer:.2f}")
         else:
             dev_wer = -epoch  # without a dev set, the latest epoch counts as best
-        row.update(epoch_seconds=f"{time.time() - t0:.1f}", elapsed_seconds=f"{elapsed:.1f}")
-        _append_csv(metrics_path, METRICS, row)
-        print(
+        row.update(epoch_seconds=f"{time.time() - t0:.1f}", elapsed_seconds=f"{elapsed:.1f}", peak_rss_mb=_peak_rss_mb())
+        if ranks.main:
+            _append_csv(metrics_path, METRICS, row)
+            if dev_wer < best_wer:
+                best_wer = dev_wer
+                save_checkpoint(best_path, model_payload(cfg, tokenizer, normalizer, model))
+        log(
             f"epoch {epoch}: train loss {row['train_loss']}"
             + (f", dev loss {row['dev_loss']}, dev WER {row['dev_wer']}%, CER {row['dev_cer']}%" if dev_data else "")
             + (f", {stats['skipped']} non-finite steps skipped" if stats["skipped"] else "")
-            + f" ({row['epoch_seconds']} s)",
-            file=sys.stderr,
+            + f" ({row['epoch_seconds']} s)"
         )
-        if dev_wer < best_wer:
-            best_wer = dev_wer
-            save_checkpoint(best_path, model_payload(cfg, tokenizer, normalizer, model))
         save_last(epoch)
-        if stop.requested and epoch < cfg.train.epochs:
-            _interrupted(last_path, f"the end of epoch {epoch}")
+        ranks.barrier()  # the others wait while rank 0 evaluates and saves
+        if ranks.any(stop.requested) and epoch < cfg.train.epochs:
+            _interrupted(last_path, f"the end of epoch {epoch}", ranks)
     return best_path
 
 
-def _interrupted(last_path: Path, where: str) -> None:
-    print(f"interrupted: saved {last_path} at {where}; run the same command to resume", file=sys.stderr)
+def _interrupted(last_path: Path, where: str, ranks: distributed.Dist) -> None:
+    if ranks.main:
+        _log(f"interrupted: saved {last_path} at {where}; run the same command to resume")
     raise KeyboardInterrupt
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _quiet(msg: str) -> None:
+    pass
+
+
+def _peak_rss_mb() -> int:
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+
+
+def _cpu(obj):
+    """A copy of a (nested) state dict with every tensor on the CPU, so a checkpoint loads anywhere."""
+    if isinstance(obj, torch.Tensor):
+        return obj.cpu()
+    if isinstance(obj, dict):
+        return {k: _cpu(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_cpu(v) for v in obj]
+    return obj
 
 
 def training_complete(exp_dir: str | Path, cfg: Config) -> bool:

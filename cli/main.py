@@ -55,13 +55,21 @@ def train_cmd(
     config: Annotated[Path, typer.Argument(help="TOML config: [data], [features], [augment], [model], [train], [decode].")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Experiment directory; re-running resumes from its last.pt.")],
     overrides: Overrides = None,
+    nproc: Annotated[int, typer.Option(help="Processes on this machine (distributed data parallel through torchrun).")] = 1,
 ) -> None:
     """Train a BiLSTM-CTC model; writes best.pt, last.pt, metrics.csv and steps.csv into --out."""
+    if nproc > 1 and "WORLD_SIZE" not in os.environ:
+        import subprocess
+
+        args = [str(config), "--out", str(out)] + [a for o in overrides or [] for a in ("--set", o)]
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", "-m", "asr", "train", *args]
+        raise typer.Exit(subprocess.call(cmd))
     from asr.config import load_config
     from asr.train import train
 
     best = train(load_config(config, overrides), out)
-    typer.echo(f"best checkpoint: {best}")
+    if os.environ.get("RANK", "0") == "0":
+        typer.echo(f"best checkpoint: {best}")
 
 
 Beam = Annotated[bool, typer.Option("--beam", help="Beam search instead of greedy (implied by --lexicon, --lm, --nbest > 1).")]
