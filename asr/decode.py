@@ -26,11 +26,14 @@ Decoder = Callable[[torch.Tensor, torch.Tensor], list[list[Hypothesis]]]
 LONG_AUDIO_SECONDS = 30.0  # longer files are split at pauses and decoded segment by segment
 
 
-def load_model(path: str | Path) -> Any:
-    """A checkpoint (.pt) or an exported model (TorchScript / ONNX)."""
+def load_model(path: str | Path, device: str = "cpu") -> Any:
+    """A checkpoint (.pt, on `device`: cpu, cuda or auto) or an exported model (TorchScript / ONNX, CPU)."""
+    from asr.distributed import resolve_device
     from asr.export import ExportedModel, is_exported
 
-    return ExportedModel.load(path) if is_exported(path) else Recognizer.from_checkpoint(path)
+    if is_exported(path):
+        return ExportedModel.load(path)
+    return Recognizer.from_checkpoint(path, str(resolve_device(device)))
 
 
 @dataclass

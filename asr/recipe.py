@@ -79,6 +79,7 @@ def run_recipe(
     stop_stage: int = 5,
     overrides: list[str] | None = None,
     cache_dir: str | Path | None = None,
+    nproc: int = 1,
 ) -> dict[str, dict]:
     """Run the recipe's stages `stage`..`stop_stage` into `out`; returns {"<set>" or "<set> (LM)": score json}.
 
@@ -120,8 +121,11 @@ def run_recipe(
         if training_complete(train_dir, cfg):
             _log(f"stage 2 (train): {train_dir} complete, skipped")
         else:
-            _log(f"stage 2 (train): training into {train_dir}")
-            train(cfg, train_dir)
+            _log(f"stage 2 (train): training into {train_dir}" + (f" with {nproc} processes" if nproc > 1 else ""))
+            if nproc > 1:
+                _train_distributed(cfg, train_dir, nproc)
+            else:
+                train(cfg, train_dir)
         best = train_dir / "best.pt"
         if not fresh(model_path, best):
             export_model(best, model_path)
@@ -164,6 +168,19 @@ def run_recipe(
         atomic_write_text(exp / "RESULTS.md", table)
         print(table)
     return results
+
+
+def _train_distributed(cfg: Config, train_dir: Path, nproc: int) -> None:
+    """`asr train --nproc N` (torchrun, DDP) on the recipe's resolved configuration."""
+    import subprocess
+
+    from asr.config import to_toml
+
+    config = train_dir.parent / "train.toml"
+    atomic_write_text(config, to_toml(cfg.to_dict()))
+    cmd = [sys.executable, "-m", "asr", "train", str(config), "--out", str(train_dir), "--nproc", str(nproc)]
+    if subprocess.call(cmd) != 0:
+        raise RecipeError(f"distributed training into {train_dir} failed (see above); run the recipe again to resume")
 
 
 def _hyp_paths(recipe: Recipe, exp: Path, test_set: str) -> dict[str, Path]:

@@ -23,6 +23,15 @@ recipe_app = typer.Typer(help="Run a recipe: prepare -> train -> decode -> score
 app.add_typer(recipe_app, name="recipe")
 
 Overrides = Annotated[list[str] | None, typer.Option("--set", help="Override a config value: section.key=value (repeatable).")]
+Device = Annotated[str, typer.Option(help="auto (CUDA when present), cpu or cuda.")]
+Threads = Annotated[int, typer.Option(help="CPU threads for torch (0: torch's default).")]
+
+
+def _threads(n: int) -> None:
+    if n > 0:
+        import torch
+
+        torch.set_num_threads(n)
 
 
 @app.command("prepare")
@@ -56,12 +65,15 @@ def train_cmd(
     out: Annotated[Path, typer.Option("--out", "-o", help="Experiment directory; re-running resumes from its last.pt.")],
     overrides: Overrides = None,
     nproc: Annotated[int, typer.Option(help="Processes on this machine (distributed data parallel through torchrun).")] = 1,
+    device: Annotated[str | None, typer.Option(help="auto, cpu or cuda (sets train.device).")] = None,
+    threads: Annotated[int | None, typer.Option(help="CPU threads per process (sets train.threads).")] = None,
 ) -> None:
     """Train a BiLSTM-CTC model; writes best.pt, last.pt, metrics.csv and steps.csv into --out."""
+    overrides = list(overrides or []) + ([f"train.device={device}"] if device else []) + ([f"train.threads={threads}"] if threads is not None else [])
     if nproc > 1 and "WORLD_SIZE" not in os.environ:
         import subprocess
 
-        args = [str(config), "--out", str(out)] + [a for o in overrides or [] for a in ("--set", o)]
+        args = [str(config), "--out", str(out)] + [a for o in overrides for a in ("--set", o)]
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", "-m", "asr", "train", *args]
         raise typer.Exit(subprocess.call(cmd))
     from asr.config import load_config
@@ -110,11 +122,14 @@ def decode_cmd(
     decoder_config: DecoderConfig = None,
     nbest: Annotated[int, typer.Option(help="Also write the n best hypotheses with scores (beam search).")] = 1,
     batch_frames: Annotated[int | None, typer.Option(help="Padded feature frames per batch.")] = None,
+    device: Device = "cpu",
+    threads: Threads = 0,
 ) -> None:
     """Decode every utterance of a manifest (batched; greedy, or beam search with a lexicon and LM)."""
     from asr.decode import decode_manifest, load_model
 
-    acoustic = load_model(model)
+    _threads(threads)
+    acoustic = load_model(model, device)
     decoder = _decoder(acoustic, beam, beam_size, beam_threshold, lexicon, lm, lm_weight, word_score, decoder_config, nbest)
     report = decode_manifest(acoustic, manifest, out, decoder, batch_frames, nbest)
     rtf = f", RTF {report.seconds / report.audio_seconds:.4f}" if report.audio_seconds else ""
@@ -138,6 +153,8 @@ def transcribe_cmd(
     lm_weight: LMWeight = None,
     word_score: WordScore = None,
     decoder_config: DecoderConfig = None,
+    device: Device = "cpu",
+    threads: Threads = 0,
 ) -> None:
     """Transcribe audio of any length: prints `path<TAB>text` per file, or JSON lines with word
     times and confidences, SRT/VTT subtitles or CTM. Unreadable files are reported and skipped."""
@@ -152,7 +169,8 @@ def transcribe_cmd(
         raise typer.BadParameter("no audio files found", param_hint="AUDIO")
     if fmt in ("srt", "vtt") and len(paths) > 1 and output_dir is None:
         raise typer.BadParameter(f"{fmt} holds one file's subtitles: with several inputs, use --output-dir", param_hint="--format")
-    acoustic = load_model(model)
+    _threads(threads)
+    acoustic = load_model(model, device)
     decoder = _decoder(acoustic, beam, beam_size, beam_threshold, lexicon, lm, lm_weight, word_score, decoder_config)
     failed = 0
     for result in transcribe(acoustic, paths, decoder, timestamps=fmt != "txt", progress=len(paths) > 20):
@@ -277,12 +295,13 @@ def recipe_run_cmd(
     stage: Annotated[int, typer.Option(help="First stage: 1 prepare, 2 train, 3 lm, 4 decode, 5 score.")] = 1,
     stop_stage: Annotated[int, typer.Option(help="Last stage.")] = 5,
     overrides: Overrides = None,
+    nproc: Annotated[int, typer.Option(help="Training processes (distributed data parallel through torchrun).")] = 1,
 ) -> None:
     """Prepare, train, build the LM, decode every test set (greedy and with the LM) and score;
     finished stages are skipped. Ends with the results table, also written to EXP/RESULTS.md."""
     from asr.recipe import run_recipe
 
-    run_recipe(recipe, out, data=data, stage=stage, stop_stage=stop_stage, overrides=overrides)
+    run_recipe(recipe, out, data=data, stage=stage, stop_stage=stop_stage, overrides=overrides, nproc=nproc)
 
 
 @recipe_app.command("list")
