@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from asr.audio import AudioError, load_audio
 from asr.config import FeatureConfig
-from asr.features import FeatureExtractor
+from asr.features import FeatureExtractor, one_thread
 from asr.manifest import Utterance
 
 
@@ -49,15 +49,16 @@ def compute_features(utts: list[Utterance], cfg: FeatureConfig, desc: str = "fea
     """Read every utterance's audio and extract features; unreadable audio is reported, not fatal."""
     extractor = FeatureExtractor(cfg)
     kept, chunks, failed = [], [], []
-    for u in tqdm(utts, desc=desc, unit="utt", leave=False, disable=None):
-        try:
-            wav = load_audio(u.audio, cfg.sample_rate)
-        except AudioError as e:
-            failed.append((u.id, e.reason))
-            print(f"warning: {e} (skipped)", file=sys.stderr)
-            continue
-        kept.append(u)
-        chunks.append(extractor(torch.from_numpy(wav)).numpy())
+    with one_thread():
+        for u in tqdm(utts, desc=desc, unit="utt", leave=False, disable=None):
+            try:
+                wav = load_audio(u.audio, cfg.sample_rate)
+            except AudioError as e:
+                failed.append((u.id, e.reason))
+                print(f"warning: {e} (skipped)", file=sys.stderr)
+                continue
+            kept.append(u)
+            chunks.append(extractor(torch.from_numpy(wav)).numpy())
     lengths = [len(c) for c in chunks]
     dim = extractor.dim
     feats = np.concatenate(chunks) if chunks else np.zeros((0, dim), np.float32)

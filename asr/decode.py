@@ -20,6 +20,7 @@ from asr.audio import AUDIO_EXTENSIONS, AudioError, audio_info, load_audio
 from asr.beam import Hypothesis, build_decoder
 from asr.checkpoint import Recognizer
 from asr.data import bucket_batches, pad_batch
+from asr.features import one_thread
 from asr.manifest import read_manifest, write_jsonl
 
 Decoder = Callable[[torch.Tensor, torch.Tensor], list[list[Hypothesis]]]
@@ -57,11 +58,14 @@ def decode_items(
     decoder = decoder or build_decoder(model, model.cfg.decode)
     sr = model.cfg.features.sample_rate
     feats: dict[str, torch.Tensor] = {}
-    for key, path in tqdm(items, desc="features", unit="utt", leave=False, disable=None if progress else True):
-        try:
-            feats[key] = model.extractor(torch.from_numpy(load_audio(path, sr)))
-        except AudioError as e:
-            yield Decoded(key, None, e.reason)
+    failed = []
+    with one_thread():
+        for key, path in tqdm(items, desc="features", unit="utt", leave=False, disable=None if progress else True):
+            try:
+                feats[key] = model.extractor(torch.from_numpy(load_audio(path, sr)))
+            except AudioError as e:
+                failed.append(Decoded(key, None, e.reason))
+    yield from failed
     keys = list(feats)
     yield from _decode_features(model, keys, [feats[k] for k in keys], decoder, batch_frames or model.cfg.decode.batch_frames, keep_log_probs, progress)
 
