@@ -1,6 +1,6 @@
 """Training throughput: the toolkit's real training against a bare PyTorch loop on the same shapes.
 
-    python bench/train_throughput.py [--manifest exp/an4/data/train.jsonl] [--config recipes/an4/config.toml]
+    python bench/train_throughput.py [--manifest exp/an4/data/train.jsonl] [--recipe an4]
 
 (a) bare loop: the same CTCModel, random features and targets of the real utterances' lengths,
     bucketed into the same batch sizes, CTC loss, AdamW: forward, backward, step. The floor.
@@ -22,11 +22,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from asr.config import load_config
+from asr.config import set_value
 from asr.data import bucket_batches, load_features
 from asr.features import FeatureExtractor
 from asr.manifest import read_manifest
 from asr.model import CTCModel, ctc_loss
+from asr.recipe import load_recipe
 from asr.text import Tokenizer
 
 
@@ -71,11 +72,13 @@ def bare_loop(model: CTCModel, batches: list[list[int]], lengths: np.ndarray, ta
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--manifest", type=Path, default=Path("exp/an4/data/train.jsonl"))
-    p.add_argument("--config", type=Path, default=Path("recipes/an4/config.toml"))
+    p.add_argument("--recipe", default="an4", help="recipe whose model and training settings to use")
     args = p.parse_args()
     if not args.manifest.exists():
         raise SystemExit(f"{args.manifest}: not found; prepare AN4 first: asr prepare an4 ../shared/data/an4 exp/an4/data")
-    cfg = load_config(args.config, [f"data.train={args.manifest}", "data.dev=", "train.epochs=2"])
+    cfg = load_recipe(args.recipe).config
+    for key, value in [("data.train", str(args.manifest)), ("data.dev", ""), ("train.epochs", 2)]:
+        set_value(cfg, key, value)
     utts = read_manifest(args.manifest)
     fs = load_features(args.manifest, utts, cfg.features)
     tokenizer = Tokenizer.from_texts(u.text for u in fs.utts)
