@@ -276,7 +276,7 @@ def test_tokenizer_reports_characters_outside_the_token_set() -> None:
 # --- the whole path: asr prepare folder -----------------------------------------------------
 
 
-def test_prepare_folder_sorts_good_and_bad_files(tmp_path: Path) -> None:
+def test_prepare_and_transcribe_sort_good_and_bad_files(tmp_path: Path, trained: Path) -> None:
     src, out = tmp_path / "src", tmp_path / "out"
     src.mkdir()
 
@@ -341,3 +341,18 @@ def test_prepare_folder_sorts_good_and_bad_files(tmp_path: Path) -> None:
     assert kept["rate_8k"]["duration"] == pytest.approx(0.25)
     assert kept["unicode_text"]["text"] == "ÇA VA TRÈS BIEN MERCI"
     assert kept["nested-deeper"]["speaker"] == "nested"
+
+    # `asr transcribe` on the same folder: every readable recording is transcribed (bad
+    # transcripts do not matter here), every unreadable one is reported with its reason.
+    r = subprocess.run(
+        [sys.executable, "-m", "asr", "transcribe", str(trained / "best.pt"), str(src)],
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300,
+    )
+    assert r.returncode == 0, r.stderr
+    assert "Traceback" not in r.stderr and "Traceback" not in r.stdout
+    transcribed = {Path(line.split("\t")[0]).relative_to(src).with_suffix("").as_posix() for line in r.stdout.splitlines()}
+    readable = set(good) | {"nested/deeper", "no_transcript", "empty_transcript", "punctuation_only", "latin1_transcript"}
+    assert transcribed == readable
+    errors = [line for line in r.stderr.splitlines() if line.startswith("error: ")]
+    assert {Path(line[len("error: ") :].split(": ")[0]).name for line in errors} == set(BAD)
+    assert f"{len(BAD)} of {len(BAD) + len(readable)} files could not be transcribed" in r.stderr
