@@ -4,6 +4,7 @@ download stage's message when there is no network."""
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from asr.recipe import RecipeError, download_corpus, load_recipe, run_recipe
@@ -75,3 +76,48 @@ def test_yesno_recipe_end_to_end(tmp_path: Path) -> None:
     assert json.loads((exp / "decode/test/score.json").read_text()) == results["test"]
     # A second run finds every stage complete and only re-scores.
     assert run_recipe("yesno", exp, data=SHARED_DATA / "yesno") == results
+
+
+def test_download_resumes_a_partial_file(tmp_path: Path) -> None:
+    """A .part file left by an interrupted download is continued with an HTTP Range request."""
+    import hashlib
+    import http.server
+    import tarfile
+    import threading
+
+    src = tmp_path / "src" / "waves_yesno"
+    src.mkdir(parents=True)
+    payload = np.random.default_rng(0).bytes(50_000)  # incompressible: the archive stays large
+    (src / "1_0.wav").write_bytes(payload)
+    archive = tmp_path / "waves_yesno.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(src, arcname="waves_yesno")
+    data = archive.read_bytes()
+    ranges = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            start = int(self.headers.get("Range", "bytes=0-")[6:].rstrip("-") or 0)
+            ranges.append(start)
+            self.send_response(206 if start else 200)
+            self.send_header("Content-Length", str(len(data) - start))
+            self.end_headers()
+            self.wfile.write(data[start:])
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        cache = tmp_path / "cache"
+        (cache / "yesno").mkdir(parents=True)
+        (cache / "yesno" / "waves_yesno.tar.gz.part").write_bytes(data[:1000])  # an interrupted download
+        recipe = load_recipe("yesno")
+        recipe.url = f"http://127.0.0.1:{server.server_port}/waves_yesno.tar.gz"
+        recipe.sha256 = hashlib.sha256(data).hexdigest()
+        target = download_corpus(recipe, cache_dir=cache)
+    finally:
+        server.shutdown()
+    assert ranges == [1000]
+    assert (target / "1_0.wav").read_bytes() == payload
