@@ -40,13 +40,31 @@ class AugmentConfig:
     time_ratio: float = 0.1  # ... and at most this fraction of the utterance
 
 
+MODEL_KINDS = ("blstm", "lstm", "bgru", "gru", "brnn", "rnn", "mlp")
+
+
 @dataclass
 class ModelConfig:
-    stack: int = 3  # frames concatenated and subsampled before the LSTM
-    hidden: int = 256  # per direction
+    kind: str = "blstm"  # blstm, lstm, bgru, gru, brnn, rnn (tanh Elman; b = bidirectional) or mlp
+    stack: int = 3  # frames concatenated and subsampled before the network
+    hidden: int = 256  # units per direction (recurrent) or per layer (mlp)
     layers: int = 3
     dropout: float = 0.2
-    bidirectional: bool = True
+    context: int = 5  # mlp only: stacked frames each side of the one it classifies
+
+    @property
+    def bidirectional(self) -> bool:
+        """Whether the kind runs a backward direction too (the legacy `bidirectional` key)."""
+        return self.kind in ("blstm", "bgru", "brnn")
+
+    @bidirectional.setter
+    def bidirectional(self, value: bool) -> None:
+        cell = self.kind.removeprefix("b") if self.kind != "mlp" else "mlp"
+        if cell == "mlp":
+            if value:
+                raise ConfigError("model.bidirectional = true does not apply to model.kind = 'mlp'")
+            return
+        self.kind = f"b{cell}" if value else cell
 
 
 @dataclass
@@ -63,6 +81,9 @@ class TrainConfig:
     seed: int = 1
     threads: int = 0  # torch threads; 0 keeps torch's default
     device: str = "auto"  # auto (CUDA when present), cpu or cuda
+    max_minutes: float = 0.0  # stop at the first epoch boundary past this much training time; 0: no limit
+    probe_every: int = 0  # every N updates, per-time-step gradient norms of each layer -> probe.npz; 0: off
+    plots: bool = True  # write EXP/plots/ at the end of each epoch
 
 
 @dataclass
@@ -109,10 +130,19 @@ def set_value(cfg: Config, dotted: str, value: Any, where: str = "config") -> No
     if section not in _sections() or not key:
         raise ConfigError(f"{where}: unknown key '{dotted}' (sections: {', '.join(_sections())})")
     obj = getattr(cfg, section)
+    if dotted == "model.bidirectional":  # legacy key: true -> the kind's bidirectional form, false -> one direction
+        try:
+            obj.bidirectional = _coerce(value, "bool", f"{where}: {dotted}")
+        except ConfigError as e:
+            raise ConfigError(f"{where}: {e}") from None
+        return
     types = {f.name: f.type for f in fields(obj)}
     if key not in types:
         raise ConfigError(f"{where}: unknown key '{dotted}' (known: {', '.join(types)})")
-    setattr(obj, key, _coerce(value, types[key], f"{where}: {dotted}"))
+    value = _coerce(value, types[key], f"{where}: {dotted}")
+    if dotted == "model.kind" and value not in MODEL_KINDS:
+        raise ConfigError(f"{where}: model.kind must be one of {', '.join(MODEL_KINDS)}, got {value!r}")
+    setattr(obj, key, value)
 
 
 def _coerce(value: Any, type_name: str, what: str) -> Any:

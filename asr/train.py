@@ -37,11 +37,14 @@ from asr.data import (
 from asr.distributed import resolve_device
 from asr.features import FeatureExtractor, Normalizer, spec_augment
 from asr.fileio import atomic_write_text
+from asr.inspect import Probe, ctc_probe_loss, gradient_norms_through_time
 from asr.manifest import read_manifest
 from asr.model import CTCModel, count_parameters, ctc_loss
+from asr.plots import TrainingPlots
 from asr.scoring import score
 from asr.text import Tokenizer
 
+STEPS = ["step", "epoch", "loss", "grad_norm", "grad_norm_clipped", "lr"]
 METRICS = ["epoch", "step", "lr", "train_loss", "grad_norm_mean", "grad_norm_max", "clipped", "skipped", "dev_loss", "dev_wer", "dev_cer", "epoch_seconds", "elapsed_seconds", "peak_rss_mb"]
 
 
@@ -267,7 +270,9 @@ def _train(cfg: Config, exp: Path, stop: StopRequest, device: torch.device, rank
     steps_path = exp / "steps.csv"
     if ranks.main:
         _truncate_csv(metrics_path, METRICS, "epoch", start_epoch - 1)
-        _truncate_csv(steps_path, ["step", "epoch", "loss", "grad_norm", "lr"], "step", step)
+        _truncate_csv(steps_path, STEPS, "step", step)
+    probe = _start_probe(cfg, exp, model, train_data, normalizer, device, step) if ranks.main and cfg.train.probe_every > 0 else None
+    plotter = TrainingPlots(exp) if ranks.main and cfg.train.plots else None
 
     def save_last(epoch_done: int, partial_state: dict | None = None) -> None:
         if not ranks.main:
@@ -287,6 +292,9 @@ def _train(cfg: Config, exp: Path, stop: StopRequest, device: torch.device, rank
 
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
     for epoch in range(start_epoch, cfg.train.epochs + 1):
+        if cfg.train.max_minutes > 0 and not partial and ranks.any(elapsed >= 60 * cfg.train.max_minutes):
+            log(f"train.max_minutes={cfg.train.max_minutes:g} reached after {elapsed / 60:.1f} min of training (epoch {epoch - 1}); stopped")
+            break
         model.train()
         t0 = time.time()
         if partial:  # finish the epoch that was interrupted, with its own batches
@@ -338,7 +346,10 @@ def _train(cfg: Config, exp: Path, stop: StopRequest, device: torch.device, rank
                 stats["norms"].append(norm)
                 stats["clipped"] += norm > cfg.train.clip_norm
                 if steps_csv:
-                    steps_csv.writerow([step, epoch, f"{loss_value:.4f}", f"{norm:.4f}", f"{lr:.3e}"])
+                    clipped_norm = norm * min(1.0, cfg.train.clip_norm / (norm + 1e-6))  # what clip_grad_norm_ left
+                    steps_csv.writerow([step, epoch, f"{loss_value:.4f}", f"{norm:.4f}", f"{clipped_norm:.4f}", f"{lr:.3e}"])
+                if probe and step % cfg.train.probe_every == 0:
+                    probe.take(step)
                 bar.set_postfix(loss=f"{np.mean(stats['losses'][-20:]):.3f}", gnorm=f"{norm:.2f}")
                 if ranks.any(stop.requested) and done < len(groups):
                     bar.close()
@@ -376,10 +387,40 @@ def _train(cfg: Config, exp: Path, stop: StopRequest, device: torch.device, rank
             + f" ({row['epoch_seconds']} s)"
         )
         save_last(epoch)
+        if plotter:
+            plotter.update(final=epoch == cfg.train.epochs)
         ranks.barrier()  # the others wait while rank 0 evaluates and saves
         if ranks.any(stop.requested) and epoch < cfg.train.epochs:
             _interrupted(last_path, f"the end of epoch {epoch}", ranks)
+    if plotter:
+        plotter.finish()
     return best_path
+
+
+@dataclass
+class _ProbeRun:
+    """The gradient probe of a training run: its fixed batch and the log it appends to."""
+
+    model: CTCModel
+    batch: Batch
+    device: torch.device
+    log: Probe
+
+    def take(self, step: int) -> None:
+        x = self.batch.feats.to(self.device)
+        loss = ctc_probe_loss(self.batch.targets, self.batch.target_lengths)
+        self.log.append(step, gradient_norms_through_time(self.model, x, self.batch.lengths, loss))
+
+
+def _start_probe(cfg: Config, exp: Path, model: CTCModel, data: TrainData, normalizer: Normalizer, device: torch.device, step: int) -> _ProbeRun:
+    """The probe batch is the first batch of the first epoch (no augmentation), the same on resuming."""
+    indices = bucket_batches(data.features.lengths(), cfg.train.batch_frames, torch.Generator().manual_seed(cfg.train.seed))[0]
+    batch = data.batch(indices, normalizer)
+    out_lengths = ((batch.lengths + model.stack - 1) // model.stack).numpy()
+    probe = _ProbeRun(model, batch, device, Probe.resume(exp / "probe.npz", model.layer_names(), out_lengths, batch.ids, step))
+    if step == 0 or not probe.log.steps:
+        probe.take(step)
+    return probe
 
 
 def _interrupted(last_path: Path, where: str, ranks: distributed.Dist) -> None:

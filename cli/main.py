@@ -10,6 +10,8 @@ from typing import Annotated
 
 import typer
 
+from cli.lab import inspect_cmd, lab_app
+
 app = typer.Typer(
     name="asr",
     help="Speech recognition for the command line: prepare corpora, train a BiLSTM-CTC model, decode, score.",
@@ -21,6 +23,8 @@ lm_app = typer.Typer(help="Word n-gram language models and lexicons for beam sea
 app.add_typer(lm_app, name="lm")
 recipe_app = typer.Typer(help="Run a recipe: prepare -> train -> decode -> score in one command.", no_args_is_help=True)
 app.add_typer(recipe_app, name="recipe")
+app.add_typer(lab_app, name="lab")
+app.command("inspect")(inspect_cmd)
 
 Overrides = Annotated[list[str] | None, typer.Option("--set", help="Override a config value: section.key=value (repeatable).")]
 Device = Annotated[str, typer.Option(help="auto (CUDA when present), cpu or cuda.")]
