@@ -54,7 +54,7 @@ class CTCModel(nn.Module):
     The backward direction of each layer runs on every utterance reversed within its own length,
     so padding always comes after the real frames and never reaches them; the MLP's window sees
     zeros past an utterance's end. Either way a batched utterance gets exactly the output it gets
-    alone. On a CPU this is about 1.7x faster than packed sequences (bench/model_step.py), and
+    alone. On a CPU this is about 1.7-2x faster than packed sequences (bench/model_step.py), and
     length bucketing keeps the padding itself to a few per cent.
     """
 
