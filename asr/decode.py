@@ -161,20 +161,20 @@ def transcribe(
     model = load_model(model) if isinstance(model, (str, Path)) else model
     decoder = decoder or build_decoder(model, model.cfg.decode)
     frame_seconds = model.cfg.model.stack * model.cfg.features.hop_ms / 1000
-    pending: list[str] = []
+    pending: list[tuple[str, float]] = []  # (path, duration from the header, read once)
 
     def flush() -> Iterator[FileResult]:
         t0 = time.time()
-        decoded = list(decode_items(model, [(p, p) for p in pending], decoder, batch_frames, keep_log_probs=timestamps, progress=False))
+        decoded = list(decode_items(model, [(p, p) for p, _ in pending], decoder, batch_frames, keep_log_probs=timestamps, progress=False))
         each = (time.time() - t0) / max(1, len(pending))
         by_key = {d.key: d for d in decoded}
-        for p in pending:
+        for p, duration in pending:
             d = by_key[p]
             if d.hyps is None:
                 yield FileResult(p, None, d.reason)
                 continue
             words = _words(model, d.log_probs, d.hyps[0], frame_seconds, 0.0) if timestamps else []
-            yield FileResult(p, d.hyps[0].text, words=words, duration=audio_info(p).duration, seconds=each)
+            yield FileResult(p, d.hyps[0].text, words=words, duration=duration, seconds=each)
         pending.clear()
 
     for p in tqdm([str(p) for p in paths], desc="transcribe", unit="file", disable=None if progress else True):
@@ -185,7 +185,7 @@ def transcribe(
             yield FileResult(p, None, e.reason)
             continue
         if duration <= LONG_AUDIO_SECONDS:
-            pending.append(p)
+            pending.append((p, duration))
             if len(pending) >= 64:
                 yield from flush()
             continue
