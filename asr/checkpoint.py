@@ -94,3 +94,31 @@ class Recognizer:
         (B, T', V) and lengths T', on the CPU."""
         log_probs, out_lengths = self.model(self.normalizer(feats.to(self.device, torch.float32), lengths), lengths)
         return log_probs.float().cpu(), out_lengths.cpu()
+
+
+def average_checkpoints(paths: list[str | Path], out: str | Path) -> None:
+    """Write the element-wise mean of the weights of `paths` (the same model and settings) to
+    `out`, as ESPnet's and icefall's model averaging; config, tokens and statistics are the first's."""
+    if not paths:
+        raise CheckpointError("no checkpoints to average")
+    first = load_checkpoint(paths[0])
+    total = {k: v.double() for k, v in first["model"].items()}
+    for path in paths[1:]:
+        ckpt = load_checkpoint(path)
+        if ckpt["tokens"] != first["tokens"] or ckpt["model"].keys() != total.keys() or any(ckpt["model"][k].shape != v.shape for k, v in total.items()):
+            raise CheckpointError(f"{path}: a different model from {paths[0]}; cannot average them")
+        for k, v in ckpt["model"].items():
+            total[k] += v.double()
+    payload = {k: v for k, v in first.items() if k != "train_state"}
+    payload["model"] = {k: (v / len(paths)).to(first["model"][k].dtype) for k, v in total.items()}
+    save_checkpoint(out, payload)
+
+
+def epoch_checkpoints(exp: str | Path, last: int) -> list[Path]:
+    """The last `last` epoch checkpoints an experiment kept (train.average_last)."""
+    found = sorted((Path(exp) / "epochs").glob("epoch-*.pt"))
+    if not found:
+        raise CheckpointError(f"{exp}: no epochs/epoch-*.pt (train with train.average_last = N to keep them)")
+    if last < 1:
+        raise CheckpointError(f"--last must be at least 1, got {last}")
+    return found[-last:]

@@ -38,6 +38,9 @@ class AugmentConfig:
     time_masks: int = 2
     time_width: int = 40  # maximum width of each time mask, in frames
     time_ratio: float = 0.1  # ... and at most this fraction of the utterance
+    # Speed perturbation (Kaldi's 0.9/1.0/1.1): every epoch draws one of these speeds per training
+    # utterance; the features of each speed are computed once and cached. [1.0]: off.
+    speeds: list[float] = field(default_factory=lambda: [1.0])
 
 
 MODEL_KINDS = ("blstm", "lstm", "bgru", "gru", "brnn", "rnn", "mlp")
@@ -84,6 +87,7 @@ class TrainConfig:
     max_minutes: float = 0.0  # stop at the first epoch boundary past this much training time; 0: no limit
     probe_every: int = 0  # every N updates, per-time-step gradient norms of each layer -> probe.npz; 0: off
     plots: bool = True  # write EXP/plots/ at the end of each epoch
+    average_last: int = 0  # keep the last N epochs' weights and write averaged.pt, their mean; 0: off
 
 
 @dataclass
@@ -159,6 +163,12 @@ def _coerce(value: Any, type_name: str, what: str) -> Any:
     elif type_name == "str":
         if isinstance(value, str):
             return value
+    elif type_name == "list[float]":
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = [value]
+        if isinstance(value, list) and value and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+            return [float(v) for v in value]
+        type_name = "a non-empty list of numbers"
     raise ConfigError(f"{what} must be {type_name}, got {value!r}")
 
 

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from asr.audio import AudioError, load_audio
+from asr.audio import AudioError, load_audio, resample
 from asr.config import FeatureConfig
 from asr.features import FeatureExtractor, one_thread
 from asr.manifest import Utterance
@@ -38,6 +38,13 @@ class FeatureSet:
     def __getitem__(self, i: int) -> torch.Tensor:
         return torch.from_numpy(self.feats[self.offsets[i] : self.offsets[i + 1]])
 
+    @staticmethod
+    def concat(sets: list[FeatureSet]) -> FeatureSet:
+        """One set holding every utterance of each set in turn (entry i of set k at k * n + i for equal n)."""
+        lengths = np.concatenate([s.lengths() for s in sets])
+        offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+        return FeatureSet([u for s in sets for u in s.utts], np.concatenate([s.feats for s in sets]), offsets, sets[0].failed)
+
     def subset(self, keep: list[int]) -> FeatureSet:
         lengths = self.lengths()[keep]
         offsets = np.concatenate([[0], np.cumsum(lengths)])
@@ -45,8 +52,15 @@ class FeatureSet:
         return FeatureSet([self.utts[i] for i in keep], feats, offsets, self.failed)
 
 
-def compute_features(utts: list[Utterance], cfg: FeatureConfig, desc: str = "features") -> FeatureSet:
-    """Read every utterance's audio and extract features; unreadable audio is reported, not fatal."""
+def speed_perturb(wav: np.ndarray, sample_rate: int, speed: float) -> np.ndarray:
+    """Play `wav` `speed` times faster, tempo and pitch together, as Kaldi's `sox speed`:
+    resample as if it had been recorded at sample_rate * speed."""
+    return resample(wav, round(sample_rate * speed), sample_rate) if speed != 1.0 else wav
+
+
+def compute_features(utts: list[Utterance], cfg: FeatureConfig, desc: str = "features", speed: float = 1.0) -> FeatureSet:
+    """Read every utterance's audio (speed-perturbed by `speed`) and extract features;
+    unreadable audio is reported, not fatal."""
     extractor = FeatureExtractor(cfg)
     kept, chunks, failed = [], [], []
     with one_thread():
@@ -58,27 +72,26 @@ def compute_features(utts: list[Utterance], cfg: FeatureConfig, desc: str = "fea
                 print(f"warning: {e} (skipped)", file=sys.stderr)
                 continue
             kept.append(u)
-            chunks.append(extractor(torch.from_numpy(wav)).numpy())
+            chunks.append(extractor(torch.from_numpy(speed_perturb(wav, cfg.sample_rate, speed))).numpy())
     lengths = [len(c) for c in chunks]
     dim = extractor.dim
     feats = np.concatenate(chunks) if chunks else np.zeros((0, dim), np.float32)
     return FeatureSet(kept, feats, np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64), failed)
 
 
-def load_features(manifest: str | Path, utts: list[Utterance], cfg: FeatureConfig, cache: bool = True) -> FeatureSet:
+def load_features(manifest: str | Path, utts: list[Utterance], cfg: FeatureConfig, cache: bool = True, speed: float = 1.0) -> FeatureSet:
     """Features for a manifest, cached in `<manifest dir>/.feats/`; the cache key covers the
-    manifest's content and the feature configuration, so a change to either recomputes."""
+    manifest's content, the feature configuration and the speed, so a change to any recomputes."""
     manifest = Path(manifest)
-    key = hashlib.sha1(
-        json.dumps([[asdict(u) for u in utts], asdict(cfg)], sort_keys=True).encode()
-    ).hexdigest()[:16]
+    keyed = [[asdict(u) for u in utts], asdict(cfg)] + ([speed] if speed != 1.0 else [])
+    key = hashlib.sha1(json.dumps(keyed, sort_keys=True).encode()).hexdigest()[:16]
     base = manifest.parent / ".feats" / f"{manifest.stem}-{key}"
     if cache and base.with_suffix(".json").exists():
         meta = json.loads(base.with_suffix(".json").read_text())
         by_id = {u.id: u for u in utts}
         feats = np.load(base.with_suffix(".npy"), mmap_mode="c")
         return FeatureSet([by_id[i] for i in meta["ids"]], feats, np.asarray(meta["offsets"], np.int64), [tuple(f) for f in meta["failed"]])
-    fs = compute_features(utts, cfg, desc=f"features {manifest.stem}")
+    fs = compute_features(utts, cfg, desc=f"features {manifest.stem}" + (f" x{speed:g}" if speed != 1.0 else ""), speed=speed)
     if cache:
         try:
             base.parent.mkdir(parents=True, exist_ok=True)

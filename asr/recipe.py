@@ -15,6 +15,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from asr.checkpoint import average_checkpoints, epoch_checkpoints
 from asr.config import Config, ConfigError, set_value
 from asr.corpora import prepare
 from asr.decode import decode_manifest
@@ -126,9 +127,13 @@ def run_recipe(
                 _train_distributed(cfg, train_dir, nproc)
             else:
                 train(cfg, train_dir)
-        best = train_dir / "best.pt"
-        if not fresh(model_path, best):
-            export_model(best, model_path)
+        chosen = train_dir / "best.pt"
+        if cfg.train.average_last > 0:  # the mean of the last epochs, written at the end of training
+            chosen = train_dir / "averaged.pt"
+            if not chosen.exists():
+                average_checkpoints(epoch_checkpoints(train_dir, cfg.train.average_last), chosen)
+        if not fresh(model_path, chosen):
+            export_model(chosen, model_path)
 
     if run(3) and recipe.lm_order > 0:
         if all(fresh(p, model_path) for p in lm_files.values() if p.suffix != ".toml" or recipe.dev_set):

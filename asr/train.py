@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import fcntl
+import json
 import math
 import os
 import resource
@@ -23,7 +24,14 @@ from tqdm import tqdm
 
 from asr import distributed
 from asr.beam import greedy_ids
-from asr.checkpoint import Recognizer, load_checkpoint, model_payload, save_checkpoint
+from asr.checkpoint import (
+    Recognizer,
+    average_checkpoints,
+    epoch_checkpoints,
+    load_checkpoint,
+    model_payload,
+    save_checkpoint,
+)
 from asr.config import Config, ConfigError, to_toml
 from asr.data import (
     FeatureSet,
@@ -59,8 +67,29 @@ class Batch:
 
 @dataclass
 class TrainData:
+    """Features and targets. With speed perturbation, `features` holds `copies` versions of
+    the `n` utterances one after the other: utterance i at speed k is entry k * n + i."""
+
     features: FeatureSet
     targets: list[list[int]]
+    copies: int = 1
+    plain_copy: int = 0  # the copy at speed 1.0 (or the first)
+
+    @property
+    def n(self) -> int:
+        return len(self.features) // self.copies
+
+    def epoch_entries(self, generator: torch.Generator | None) -> np.ndarray:
+        """One entry per utterance: a random copy each with a generator, else the plain copy."""
+        if self.copies == 1:
+            return np.arange(self.n)
+        if generator is None:
+            return self.plain_copy * self.n + np.arange(self.n)
+        return torch.randint(self.copies, (self.n,), generator=generator).numpy() * self.n + np.arange(self.n)
+
+    def epoch_batches(self, batch_frames: int, generator: torch.Generator | None) -> list[list[int]]:
+        entries = self.epoch_entries(generator)
+        return [[int(entries[i]) for i in b] for b in bucket_batches(self.features.lengths()[entries], batch_frames, generator)]
 
     def batch(self, indices: list[int], normalizer: Normalizer) -> Batch:
         x, lengths = pad_batch([self.features[i] for i in indices])
@@ -77,12 +106,17 @@ class TrainData:
 
 def prepare_data(manifest: str, name: str, cfg: Config, tokenizer: Tokenizer | None, training: bool, log=None) -> TrainData:
     """Features and targets of a manifest. Utterances that are too long, spell characters outside
-    the token set, or have more tokens than frames (CTC cannot learn them) are left out and counted."""
+    the token set, or have more tokens than frames (CTC cannot learn them) are left out and counted.
+    Training data gets one feature copy per speed of `augment.speeds`."""
+    speeds = cfg.augment.speeds if training else [1.0]
+    if any(not 0.5 <= s <= 2.0 for s in speeds) or len(set(speeds)) < len(speeds):
+        raise ConfigError(f"augment.speeds must be distinct factors between 0.5 and 2.0, got {speeds}")
     utts = read_manifest(manifest)
-    features = load_features(manifest, utts, cfg.features)
+    copies = [load_features(manifest, utts, cfg.features, speed=s) for s in speeds]
+    features = copies[0]
     tok = tokenizer or Tokenizer.from_texts(u.text for u in features.utts)
     keep, targets, dropped = [], [], {}
-    lengths = features.lengths()
+    shortest = np.min([c.lengths() for c in copies], axis=0)  # the same utterances fail to read at every speed
     for i, u in enumerate(features.utts):
         reason = None
         unknown = tok.unknown(u.text)
@@ -90,7 +124,7 @@ def prepare_data(manifest: str, name: str, cfg: Config, tokenizer: Tokenizer | N
             reason = "characters outside the token set"
         elif training and u.duration > cfg.data.max_duration:
             reason = f"longer than data.max_duration={cfg.data.max_duration}s"
-        elif training and not ctc_feasible(subsampled_length(int(lengths[i]), cfg.model.stack), tok.encode(u.text)):
+        elif training and not ctc_feasible(subsampled_length(int(shortest[i]), cfg.model.stack), tok.encode(u.text)):
             reason = "more tokens than frames after subsampling"
         if reason:
             dropped[reason] = dropped.get(reason, 0) + 1
@@ -104,8 +138,11 @@ def prepare_data(manifest: str, name: str, cfg: Config, tokenizer: Tokenizer | N
         log(f"{name}: {len(features.failed)} utterance(s) with unreadable audio left out")
     if not keep:
         raise ConfigError(f"{manifest}: no usable utterances")
-    fs = features.subset(keep) if len(keep) < len(features) else features
-    return TrainData(fs, targets)
+    copies = [c.subset(keep) if len(keep) < len(c) else c for c in copies]
+    if len(copies) == 1:
+        return TrainData(copies[0], targets)
+    plain = speeds.index(1.0) if 1.0 in speeds else 0
+    return TrainData(FeatureSet.concat(copies), targets * len(copies), len(copies), plain)
 
 
 def lr_factor(step: int, warmup: int, total: int, final_ratio: float) -> float:
@@ -227,7 +264,7 @@ def _train(cfg: Config, exp: Path, stop: StopRequest, device: torch.device, rank
     if resume:
         normalizer = Normalizer(resume["normalizer"]["mean"], resume["normalizer"]["std"])
     else:
-        normalizer = Normalizer.fit([train_data.features[i] for i in range(len(train_data.features))])
+        normalizer = Normalizer.fit([train_data.features[i] for i in train_data.epoch_entries(None)])
     dim = FeatureExtractor(cfg.features).dim
     model = CTCModel(dim, len(tokenizer), cfg.model)
     if resume:
@@ -238,8 +275,8 @@ def _train(cfg: Config, exp: Path, stop: StopRequest, device: torch.device, rank
     trained = DistributedDataParallel(model) if ranks.enabled else model
     per_step = cfg.train.accumulate * ranks.world
 
-    lengths = train_data.features.lengths()
-    first_batches = bucket_batches(lengths, cfg.train.batch_frames)
+    lengths = train_data.features.lengths()[train_data.epoch_entries(None)]
+    first_batches = train_data.epoch_batches(cfg.train.batch_frames, None)
     steps_per_epoch = len(first_batches) // per_step
     if steps_per_epoch == 0:
         raise ConfigError(f"train.batch_frames={cfg.train.batch_frames} gives {len(first_batches)} batches, fewer than train.accumulate x processes = {per_step}")
@@ -258,11 +295,12 @@ def _train(cfg: Config, exp: Path, stop: StopRequest, device: torch.device, rank
     elif ranks.main:
         atomic_write_text(exp / "config.toml", to_toml(cfg.to_dict()))
 
+    speeds = f", speeds {'/'.join(f'{x:g}' for x in cfg.augment.speeds)}" if train_data.copies > 1 else ""
     log(
-        f"train: {len(train_data.features)} utts, {lengths.sum() / 100 / 3600:.2f} h; "
+        f"train: {train_data.n} utts, {lengths.sum() / 100 / 3600:.2f} h{speeds}; "
         f"dev: {len(dev_data.features) if dev_data else 0} utts; tokens: {len(tokenizer)}; "
         f"parameters: {count_parameters(model) / 1e6:.2f} M; {len(first_batches)} batches/epoch, "
-        f"padding {padding_fraction(lengths, first_batches):.1%}; {steps_per_epoch} updates/epoch"
+        f"padding {padding_fraction(train_data.features.lengths(), first_batches):.1%}; {steps_per_epoch} updates/epoch"
         + (f" over {ranks.world} processes" if ranks.enabled else "")
         + f"; device {device}"
     )
@@ -301,7 +339,7 @@ def _train(cfg: Config, exp: Path, stop: StopRequest, device: torch.device, rank
             batches, done, stats = partial["batches"], partial["done"], partial["stats"]
             partial = None
         else:
-            batches, done, stats = bucket_batches(lengths, cfg.train.batch_frames, batch_order), 0, {"losses": [], "norms": [], "clipped": 0, "skipped": 0}
+            batches, done, stats = train_data.epoch_batches(cfg.train.batch_frames, batch_order), 0, {"losses": [], "norms": [], "clipped": 0, "skipped": 0}
         augment_rng = torch.Generator().manual_seed(cfg.train.seed * 100_003 + epoch * 101 + ranks.rank)
         groups = [batches[i * per_step : (i + 1) * per_step] for i in range(len(batches) // per_step)]
         consecutive_bad = 0
@@ -387,6 +425,8 @@ def _train(cfg: Config, exp: Path, stop: StopRequest, device: torch.device, rank
             + f" ({row['epoch_seconds']} s)"
         )
         save_last(epoch)
+        if ranks.main and cfg.train.average_last > 0:
+            _keep_epoch(exp / "epochs", epoch, model_payload(cfg, tokenizer, normalizer, model), cfg.train.average_last)
         if plotter:
             plotter.update(final=epoch == cfg.train.epochs)
         ranks.barrier()  # the others wait while rank 0 evaluates and saves
@@ -394,7 +434,32 @@ def _train(cfg: Config, exp: Path, stop: StopRequest, device: torch.device, rank
             _interrupted(last_path, f"the end of epoch {epoch}", ranks)
     if plotter:
         plotter.finish()
+    if ranks.main and cfg.train.average_last > 0:
+        _write_average(exp, dev_data, normalizer, tokenizer, cfg, log)
     return best_path
+
+
+def _keep_epoch(folder: Path, epoch: int, payload: dict, keep: int) -> None:
+    """Save this epoch's weights and delete those older than the last `keep` epochs."""
+    folder.mkdir(exist_ok=True)
+    save_checkpoint(folder / f"epoch-{epoch:03d}.pt", payload)
+    for old in sorted(folder.glob("epoch-*.pt"))[:-keep]:
+        old.unlink()
+
+
+def _write_average(exp: Path, dev_data: TrainData | None, normalizer: Normalizer, tokenizer: Tokenizer, cfg: Config, log) -> None:
+    """averaged.pt, the mean of the kept epochs' weights, with its dev WER next to the best epoch's."""
+    if not any((exp / "epochs").glob("epoch-*.pt")):
+        return
+    kept = epoch_checkpoints(exp, cfg.train.average_last)
+    average_checkpoints(kept, exp / "averaged.pt")
+    msg = f"averaged {len(kept)} epochs ({kept[0].stem}..{kept[-1].stem}) -> {exp / 'averaged.pt'}"
+    if dev_data:
+        rec = Recognizer.from_checkpoint(exp / "averaged.pt")
+        _, wer, cer = evaluate(rec.model, dev_data, normalizer, tokenizer, cfg.decode.batch_frames)
+        atomic_write_text(exp / "averaged.json", json.dumps({"epochs": [p.stem for p in kept], "dev_wer": wer, "dev_cer": cer}) + "\n")
+        msg += f": dev WER {wer:.2f}%, CER {cer:.2f}%"
+    log(msg)
 
 
 @dataclass
@@ -414,7 +479,7 @@ class _ProbeRun:
 
 def _start_probe(cfg: Config, exp: Path, model: CTCModel, data: TrainData, normalizer: Normalizer, device: torch.device, step: int) -> _ProbeRun:
     """The probe batch is the first batch of the first epoch (no augmentation), the same on resuming."""
-    indices = bucket_batches(data.features.lengths(), cfg.train.batch_frames, torch.Generator().manual_seed(cfg.train.seed))[0]
+    indices = data.epoch_batches(cfg.train.batch_frames, torch.Generator().manual_seed(cfg.train.seed))[0]
     batch = data.batch(indices, normalizer)
     out_lengths = ((batch.lengths + model.stack - 1) // model.stack).numpy()
     probe = _ProbeRun(model, batch, device, Probe.resume(exp / "probe.npz", model.layer_names(), out_lengths, batch.ids, step))

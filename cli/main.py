@@ -277,6 +277,20 @@ def tune_decoder_cmd(
     typer.echo(f"best: lm_weight {result.best['lm_weight']}, word_score {result.best['word_score']} (WER {result.best_wer:.2f}%) -> {out}")
 
 
+@app.command("average")
+def average_cmd(
+    checkpoints: Annotated[list[Path], typer.Argument(help="Checkpoints to average, or one experiment directory (its epochs/epoch-*.pt).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="The averaged checkpoint to write.")],
+    last: Annotated[int, typer.Option(help="With an experiment directory: average its last N epochs.")] = 5,
+) -> None:
+    """Average the weights of several checkpoints of one model (the last epochs of a run)."""
+    from asr.checkpoint import average_checkpoints, epoch_checkpoints
+
+    paths = epoch_checkpoints(checkpoints[0], last) if len(checkpoints) == 1 and checkpoints[0].is_dir() else checkpoints
+    average_checkpoints(paths, out)
+    typer.echo(f"averaged {len(paths)} checkpoints ({', '.join(p.name for p in paths)}) -> {out}")
+
+
 @app.command("export")
 def export_cmd(
     model: Annotated[Path, typer.Argument(help="A checkpoint (model.pt).")],
