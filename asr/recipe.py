@@ -10,7 +10,7 @@ import tarfile
 import tomllib
 import urllib.error
 import urllib.request
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from tqdm import tqdm
@@ -173,6 +173,70 @@ def run_recipe(
         atomic_write_text(exp / "RESULTS.md", table)
         print(table)
     return results
+
+
+def run_cross_validation(
+    name_or_dir: str,
+    out: str | Path,
+    data: str | Path | None = None,
+    overrides: list[str] | None = None,
+    cache_dir: str | Path | None = None,
+) -> dict[str, dict[str, dict]]:
+    """Leave one speaker out: pool every split of the recipe's corpus, then for each speaker
+    train on all the others and test on that speaker (stages 2-5 in OUT/<speaker>/), and write
+    OUT/RESULTS.md with a row per speaker and the mean. Returns {speaker: run_recipe's results}."""
+    from asr.manifest import read_manifest, write_manifest
+
+    recipe = load_recipe(name_or_dir)
+    if recipe.dev_set:
+        raise RecipeError(f"recipe {recipe.name} has a dev split; leave-one-speaker-out runs only recipes without one (the held-out speaker is the test set)")
+    exp = Path(out)
+    pooled_dir = exp / "data"
+    splits = [recipe.train_set, *recipe.test_sets]
+    if not all((pooled_dir / f"{s}.jsonl").exists() for s in splits):
+        report = prepare(recipe.corpus, Path(data) if data else download_corpus(recipe, cache_dir), pooled_dir)
+        _log(f"prepare: {report.summary()}")
+    pooled = [u for s in splits if (pooled_dir / f"{s}.jsonl").exists() for u in read_manifest(pooled_dir / f"{s}.jsonl")]
+    speakers = sorted({u.speaker for u in pooled if u.speaker})
+    if len(speakers) < 2 or any(not u.speaker for u in pooled):
+        raise RecipeError(f"{pooled_dir}: leave-one-speaker-out needs a speaker on every utterance and at least two speakers (found {len(speakers)})")
+    results = {}
+    for speaker in speakers:
+        fold = exp / speaker
+        fold_data = fold / "data"
+        if not (fold_data / f"{recipe.test_sets[0]}.jsonl").exists():
+            absolute = [replace(u, audio=str(Path(u.audio).resolve())) for u in pooled]
+            write_manifest(fold_data / f"{recipe.train_set}.jsonl", [u for u in absolute if u.speaker != speaker])
+            write_manifest(fold_data / f"{recipe.test_sets[0]}.jsonl", [u for u in absolute if u.speaker == speaker])
+        _log(f"fold {speaker}: train on {len(speakers) - 1} speakers, test on {speaker}")
+        results[speaker] = run_recipe(str(recipe.path), fold, stage=2, overrides=overrides)
+    atomic_write_text(exp / "RESULTS.md", cross_validation_table(recipe, results))
+    print((exp / "RESULTS.md").read_text(encoding="utf-8"))
+    return results
+
+
+def cross_validation_table(recipe: Recipe, results: dict[str, dict[str, dict]]) -> str:
+    """Markdown: per held-out speaker, utterance accuracy and WER, greedy and with the LM; then the mean."""
+    test = recipe.test_sets[0]
+    tags = [(test, "greedy"), *([(f"{test} (LM)", "LM")] if recipe.lm_order else [])]
+    header = " | ".join(f"{label} utt. acc. % | {label} WER %" for _, label in tags)
+    lines = [
+        f"# Leave-one-speaker-out: {recipe.name}",
+        "",
+        "Each row: trained on every other speaker, tested on this one (all of its utterances).",
+        "",
+        f"| held-out speaker | utterances | {header} |",
+        "|---|---|" + "---|---|" * len(tags),
+    ]
+    for speaker, res in results.items():
+        cells = " | ".join(f"{100 - res[key]['ser']:.2f} | {res[key]['wer']:.2f}" for key, _ in tags)
+        lines.append(f"| {speaker} | {res[test]['utterances']} | {cells} |")
+    means = " | ".join(
+        f"{sum(100 - r[key]['ser'] for r in results.values()) / len(results):.2f} | {sum(r[key]['wer'] for r in results.values()) / len(results):.2f}"
+        for key, _ in tags
+    )
+    lines.append(f"| mean over {len(results)} speakers | {sum(r[test]['utterances'] for r in results.values())} | {means} |")
+    return "\n".join(lines) + "\n"
 
 
 def _train_distributed(cfg: Config, train_dir: Path, nproc: int) -> None:

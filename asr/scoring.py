@@ -123,10 +123,17 @@ class ScoreResult:
     extra: list[str] = field(default_factory=list)
     alignments: list[UttAlignment] = field(default_factory=list)
 
+    @property
+    def sentence_errors(self) -> int:
+        """Utterances with at least one word error (sclite's S.Err)."""
+        return sum(any(op != "C" for op in a.ops) for a in self.alignments)
+
     def to_json(self) -> dict:
         return {
             "wer": round(self.wer, 2),
             "cer": round(self.cer, 2),
+            "ser": round(_rate(self.sentence_errors, self.utterances), 2),
+            "sentence_errors": self.sentence_errors,
             "substitutions": self.substitutions,
             "deletions": self.deletions,
             "insertions": self.insertions,

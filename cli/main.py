@@ -322,6 +322,20 @@ def recipe_run_cmd(
     run_recipe(recipe, out, data=data, stage=stage, stop_stage=stop_stage, overrides=overrides, nproc=nproc)
 
 
+@recipe_app.command("loso")
+def recipe_loso_cmd(
+    recipe: Annotated[str, typer.Argument(help="Recipe name (fsdd, yesno) or a folder with config.toml; it must have no dev split.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Experiment directory: data/, one folder per speaker, RESULTS.md.")],
+    data: Annotated[Path | None, typer.Option(help="The corpus on disk; without it the recipe downloads it.")] = None,
+    overrides: Overrides = None,
+) -> None:
+    """Leave one speaker out: for each speaker, train on the others and test on it; a table of
+    utterance accuracy and WER per speaker (re-running resumes)."""
+    from asr.recipe import run_cross_validation
+
+    run_cross_validation(recipe, out, data=data, overrides=overrides)
+
+
 @recipe_app.command("list")
 def recipe_list_cmd() -> None:
     """List the recipes that ship with the project."""

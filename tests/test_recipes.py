@@ -121,3 +121,39 @@ def test_download_resumes_a_partial_file(tmp_path: Path) -> None:
         server.shutdown()
     assert ranges == [1000]
     assert (target / "1_0.wav").read_bytes() == payload
+
+
+def test_leave_one_speaker_out_on_a_generated_fsdd(tmp_path: Path) -> None:
+    """`asr recipe loso`: one fold per speaker, each tested on all of that speaker's clips only."""
+    import numpy as np
+    import soundfile as sf
+
+    from tests.conftest import WORDS, invoke, tone_word
+
+    corpus = tmp_path / "fsdd" / "recordings"
+    corpus.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for speaker in ("ann", "bob", "cy"):
+        for digit in range(10):
+            for index in (0, 7):  # one official test clip, one train clip
+                x = np.concatenate([np.zeros(800), tone_word(WORDS[digit % 8], 8000), np.zeros(800)])
+                sf.write(corpus / f"{digit}_{speaker}_{index}.wav", (x + 0.01 * rng.standard_normal(len(x))).astype(np.float32), 8000)
+    recipe = tmp_path / "tiny"
+    recipe.mkdir()
+    recipe_text = (Path(__file__).resolve().parents[1] / "recipes" / "fsdd" / "config.toml").read_text()
+    (recipe / "config.toml").write_text(recipe_text.replace("epochs = 25", "epochs = 1").replace("hidden = 128", "hidden = 16"))
+    out = tmp_path / "loso"
+    result = invoke("recipe", "loso", recipe, "--data", tmp_path / "fsdd", "--out", out, "--set", "train.plots=false")
+    for speaker in ("ann", "bob", "cy"):
+        train = [json.loads(line) for line in (out / speaker / "data" / "train.jsonl").read_text().splitlines()]
+        test = [json.loads(line) for line in (out / speaker / "data" / "test.jsonl").read_text().splitlines()]
+        assert len(test) == 20 and {r["speaker"] for r in test} == {speaker}
+        assert len(train) == 40 and speaker not in {r["speaker"] for r in train}
+        assert (out / speaker / "decode" / "test" / "score.json").exists()
+    table = (out / "RESULTS.md").read_text()
+    assert "| bob | 20 |" in table and "| mean over 3 speakers | 60 |" in table
+    assert "mean over 3 speakers" in result.output
+    with pytest.raises(RecipeError, match="dev split"):
+        from asr.recipe import run_cross_validation
+
+        run_cross_validation("an4", tmp_path / "x")

@@ -118,6 +118,8 @@ def test_to_json():
     assert set(data) == {
         "wer",
         "cer",
+        "ser",
+        "sentence_errors",
         "substitutions",
         "deletions",
         "insertions",
@@ -292,3 +294,8 @@ def test_counts_and_alignments_match_sclite(tmp_path):
     chars = _run_sclite(tmp_path, "-c")
     assert result.char_errors == sum(s + d + i for _, (c, s, d, i) in chars.values())
     assert result.ref_chars == sum(c + s + d for _, (c, s, d, i) in chars.values())
+
+
+def test_sentence_errors_count_utterances_with_any_error():
+    result = score({"u1": "a b", "u2": "c", "u3": "d e", "u4": ""}, {"u1": "a b", "u2": "x", "u3": "d e f"})
+    assert result.sentence_errors == 2 and result.to_json()["ser"] == 50.0
