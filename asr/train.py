@@ -53,7 +53,7 @@ from asr.scoring import score
 from asr.text import Tokenizer
 
 STEPS = ["step", "epoch", "loss", "grad_norm", "grad_norm_clipped", "lr"]
-METRICS = ["epoch", "step", "lr", "train_loss", "grad_norm_mean", "grad_norm_max", "clipped", "skipped", "dev_loss", "dev_wer", "dev_cer", "epoch_seconds", "elapsed_seconds", "peak_rss_mb"]
+METRICS = ["epoch", "step", "lr", "train_loss", "grad_norm_mean", "grad_norm_max", "clipped", "skipped", "dev_loss", "dev_wer", "dev_cer", "epoch_seconds", "elapsed_seconds", "rss_mb", "peak_rss_mb"]
 
 
 @dataclass
@@ -412,7 +412,7 @@ def _train(cfg: Config, exp: Path, stop: StopRequest, device: torch.device, rank
             row.update(dev_loss=f"{dev_loss:.4f}", dev_wer=f"{dev_wer:.2f}", dev_cer=f"{dev_cer:.2f}")
         else:
             dev_wer = -epoch  # without a dev set, the latest epoch counts as best
-        row.update(epoch_seconds=f"{time.time() - t0:.1f}", elapsed_seconds=f"{elapsed:.1f}", peak_rss_mb=_peak_rss_mb())
+        row.update(epoch_seconds=f"{time.time() - t0:.1f}", elapsed_seconds=f"{elapsed:.1f}", rss_mb=_rss_mb(), peak_rss_mb=_peak_rss_mb())
         if ranks.main:
             _append_csv(metrics_path, METRICS, row)
             if dev_wer < best_wer:
@@ -500,6 +500,15 @@ def _log(msg: str) -> None:
 
 def _quiet(msg: str) -> None:
     pass
+
+
+def _rss_mb() -> int:
+    """Resident memory now (Linux /proc; 0 elsewhere): with the peak, shows whether memory grows."""
+    try:
+        with open("/proc/self/statm") as f:
+            return round(int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20)
+    except (OSError, ValueError, IndexError):
+        return 0
 
 
 def _peak_rss_mb() -> int:
