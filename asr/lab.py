@@ -8,7 +8,6 @@ of the model families on AN4 at a similar parameter budget.
 from __future__ import annotations
 
 import copy
-import csv
 import json
 import sys
 import time
@@ -230,7 +229,7 @@ def compare(
     from asr.manifest import read_manifest
     from asr.recipe import load_recipe
     from asr.text import Tokenizer
-    from asr.train import train
+    from asr.train import last_metrics, train
 
     log = log or _log
     unknown = [k for k in kinds if k not in MODEL_KINDS]
@@ -267,7 +266,8 @@ def compare(
         exp = out / kind
         best = train(cfg, exp)
         dev_wer, test_wer = (_greedy_wer(best, data_dir / f"{sets[s]}.jsonl", exp / "decode" / s) for s in ("dev", "test"))
-        epochs, seconds = _last_epoch(exp / "metrics.csv")
+        last = last_metrics(exp) or {"epoch": 0, "elapsed_seconds": 0.0}
+        epochs, seconds = int(last["epoch"]), float(last["elapsed_seconds"])
         ratio = first_last_ratio(load_probe(exp / "probe.npz")) if (exp / "probe.npz").exists() else float("nan")
         rows.append(CompareRow(kind, cfg.model.hidden, n, n / reference, epochs, seconds, dev_wer, test_wer, ratio))
         log(f"{kind}: {epochs} epochs in {seconds / 60:.1f} min; dev WER {dev_wer:.2f}%, test WER {test_wer:.2f}%")
@@ -286,12 +286,6 @@ def _greedy_wer(model: Path, manifest: Path, out_dir: Path) -> float:
     result = score_files(manifest, hyp)
     atomic_write_text(out_dir / "score.json", json.dumps(result.to_json(), indent=2) + "\n")
     return result.wer
-
-
-def _last_epoch(metrics: Path) -> tuple[int, float]:
-    with open(metrics, newline="") as f:
-        rows = list(csv.DictReader(f))
-    return (int(rows[-1]["epoch"]), float(rows[-1]["elapsed_seconds"])) if rows else (0, 0.0)
 
 
 def _compare_table(rows: list[CompareRow], base: Config, minutes: float, recipe: str) -> str:

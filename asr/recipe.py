@@ -21,7 +21,7 @@ from asr.corpora import prepare
 from asr.decode import decode_manifest
 from asr.fileio import atomic_write_text
 from asr.scoring import score_files
-from asr.train import export_model, train, training_complete
+from asr.train import export_model, last_metrics, train, training_complete
 
 RECIPES_DIR = Path(__file__).resolve().parents[1] / "recipes"
 STAGES = {1: "prepare", 2: "train", 3: "lm", 4: "decode", 5: "score"}
@@ -200,12 +200,12 @@ def run_cross_validation(
     speakers = sorted({u.speaker for u in pooled if u.speaker})
     if len(speakers) < 2 or any(not u.speaker for u in pooled):
         raise RecipeError(f"{pooled_dir}: leave-one-speaker-out needs a speaker on every utterance and at least two speakers (found {len(speakers)})")
+    absolute = [replace(u, audio=str(Path(u.audio).resolve())) for u in pooled]  # fold manifests live elsewhere
     results = {}
     for speaker in speakers:
         fold = exp / speaker
         fold_data = fold / "data"
         if not (fold_data / f"{recipe.test_sets[0]}.jsonl").exists():
-            absolute = [replace(u, audio=str(Path(u.audio).resolve())) for u in pooled]
             write_manifest(fold_data / f"{recipe.train_set}.jsonl", [u for u in absolute if u.speaker != speaker])
             write_manifest(fold_data / f"{recipe.test_sets[0]}.jsonl", [u for u in absolute if u.speaker == speaker])
         _log(f"fold {speaker}: train on {len(speakers) - 1} speakers, test on {speaker}")
@@ -276,13 +276,8 @@ def _build_lm(recipe: Recipe, data_dir: Path, model_path: Path, files: dict[str,
 
 def results_table(recipe: Recipe, exp: Path, results: dict[str, dict]) -> str:
     """Markdown table of the scores, with the training time from metrics.csv."""
-    train_seconds = ""
-    metrics = exp / "train" / "metrics.csv"
-    if metrics.exists():
-        rows = metrics.read_text().strip().splitlines()
-        if len(rows) > 1:
-            header = rows[0].split(",")
-            train_seconds = rows[-1].split(",")[header.index("elapsed_seconds")]
+    last = last_metrics(exp / "train")
+    train_seconds = last["elapsed_seconds"] if last else ""
     tuning = f"weights tuned on {recipe.dev_set}" if recipe.dev_set else "default weights (no dev set to tune on)"
     lm = f"; (LM): beam search with the lexicon and {recipe.lm_order}-gram LM built from the training transcripts, {tuning}" if recipe.lm_order else ""
     lines = [

@@ -68,10 +68,11 @@ class Batch:
 @dataclass
 class TrainData:
     """Features and targets. With speed perturbation, `features` holds `copies` versions of
-    the `n` utterances one after the other: utterance i at speed k is entry k * n + i."""
+    the `n` utterances one after the other: utterance i at speed k is entry k * n + i, and its
+    targets are targets[i]."""
 
     features: FeatureSet
-    targets: list[list[int]]
+    targets: list[list[int]]  # one per utterance
     copies: int = 1
     plain_copy: int = 0  # the copy at speed 1.0 (or the first)
 
@@ -94,7 +95,7 @@ class TrainData:
     def batch(self, indices: list[int], normalizer: Normalizer) -> Batch:
         x, lengths = pad_batch([self.features[i] for i in indices])
         x = normalizer(x, lengths)
-        tgt = [self.targets[i] for i in indices]
+        tgt = [self.targets[i % self.n] for i in indices]
         return Batch(
             x,
             lengths,
@@ -142,7 +143,7 @@ def prepare_data(manifest: str, name: str, cfg: Config, tokenizer: Tokenizer | N
     if len(copies) == 1:
         return TrainData(copies[0], targets)
     plain = speeds.index(1.0) if 1.0 in speeds else 0
-    return TrainData(FeatureSet.concat(copies), targets * len(copies), len(copies), plain)
+    return TrainData(FeatureSet.concat(copies), targets, len(copies), plain)
 
 
 def lr_factor(step: int, warmup: int, total: int, final_ratio: float) -> float:
@@ -538,6 +539,16 @@ def export_model(checkpoint: str | Path, out: str | Path) -> None:
     """Copy a checkpoint without its training state: the file to decode and ship with."""
     rec = Recognizer.from_checkpoint(checkpoint)
     save_checkpoint(out, model_payload(rec.cfg, rec.tokenizer, rec.normalizer, rec.model))
+
+
+def last_metrics(exp_dir: str | Path) -> dict[str, str] | None:
+    """The last epoch's row of EXP/metrics.csv, or None before the first epoch."""
+    path = Path(exp_dir) / "metrics.csv"
+    if not path.exists():
+        return None
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    return rows[-1] if rows else None
 
 
 def _truncate_csv(path: Path, header: list[str], key: str, keep_upto: int) -> None:
