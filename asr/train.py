@@ -4,6 +4,8 @@ validation WER every epoch, `best` and `last` checkpoints, resumable."""
 from __future__ import annotations
 
 import csv
+import ctypes
+import ctypes.util
 import fcntl
 import json
 import math
@@ -11,6 +13,7 @@ import os
 import resource
 import signal
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
@@ -53,7 +56,7 @@ from asr.scoring import score
 from asr.text import Tokenizer
 
 STEPS = ["step", "epoch", "loss", "grad_norm", "grad_norm_clipped", "lr"]
-METRICS = ["epoch", "step", "lr", "train_loss", "grad_norm_mean", "grad_norm_max", "clipped", "skipped", "dev_loss", "dev_wer", "dev_cer", "epoch_seconds", "elapsed_seconds", "rss_mb", "peak_rss_mb"]
+METRICS = ["epoch", "step", "lr", "train_loss", "grad_norm_mean", "grad_norm_max", "clipped", "skipped", "dev_loss", "dev_wer", "dev_cer", "epoch_seconds", "elapsed_seconds", "rss_mb", "peak_rss_mb", "epoch_peak_rss_mb"]
 
 
 @dataclass
@@ -232,11 +235,11 @@ def train(cfg: Config, exp_dir: str | Path) -> Path:
     device = resolve_device(cfg.train.device)
     ranks = distributed.init(device)
     lock = experiment_lock(exp) if ranks.main else nullcontext()
-    with lock, StopRequest().installed() as stop:
-        return _train(cfg, exp, stop, device, ranks)
+    with lock, StopRequest().installed() as stop, PeakMemory() as memory:
+        return _train(cfg, exp, stop, device, ranks, memory)
 
 
-def _train(cfg: Config, exp: Path, stop: StopRequest, device: torch.device, ranks: distributed.Dist) -> Path:
+def _train(cfg: Config, exp: Path, stop: StopRequest, device: torch.device, ranks: distributed.Dist, memory: PeakMemory) -> Path:
     if not cfg.data.train:
         raise ConfigError("data.train: no training manifest given")
     if cfg.train.accumulate < 1:
@@ -330,11 +333,13 @@ def _train(cfg: Config, exp: Path, stop: StopRequest, device: torch.device, rank
         save_checkpoint(last_path, payload)
 
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+    run_peak = 0
     for epoch in range(start_epoch, cfg.train.epochs + 1):
         if cfg.train.max_minutes > 0 and not partial and ranks.any(elapsed >= 60 * cfg.train.max_minutes):
             log(f"train.max_minutes={cfg.train.max_minutes:g} reached after {elapsed / 60:.1f} min of training (epoch {epoch - 1}); stopped")
             break
         model.train()
+        memory.restart()
         t0 = time.time()
         if partial:  # finish the epoch that was interrupted, with its own batches
             batches, done, stats = partial["batches"], partial["done"], partial["stats"]
@@ -413,7 +418,11 @@ def _train(cfg: Config, exp: Path, stop: StopRequest, device: torch.device, rank
             row.update(dev_loss=f"{dev_loss:.4f}", dev_wer=f"{dev_wer:.2f}", dev_cer=f"{dev_cer:.2f}")
         else:
             dev_wer = -epoch  # without a dev set, the latest epoch counts as best
-        row.update(epoch_seconds=f"{time.time() - t0:.1f}", elapsed_seconds=f"{elapsed:.1f}", rss_mb=_rss_mb(), peak_rss_mb=_peak_rss_mb())
+        _release_free_memory()
+        rss = _rss_mb()
+        epoch_peak = max(memory.restart(), rss)
+        run_peak = max(run_peak, epoch_peak, _peak_rss_mb())  # the kernel's high-water mark can miss a sampled peak
+        row.update(epoch_seconds=f"{time.time() - t0:.1f}", elapsed_seconds=f"{elapsed:.1f}", rss_mb=rss, peak_rss_mb=run_peak, epoch_peak_rss_mb=epoch_peak)
         if ranks.main:
             _append_csv(metrics_path, METRICS, row)
             if dev_wer < best_wer:
@@ -503,6 +512,26 @@ def _quiet(msg: str) -> None:
     pass
 
 
+def _release_free_memory() -> None:
+    """Hand the allocator's free pages back to the OS (glibc's malloc_trim). Batches of varying
+    shapes leave freed blocks scattered over the heap; glibc keeps them, so without this the
+    resident memory creeps up over the first tens of epochs although nothing is leaked."""
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)
+
+
+def _load_libc() -> ctypes.CDLL | None:
+    name = ctypes.util.find_library("c") if sys.platform.startswith("linux") else None
+    try:
+        libc = ctypes.CDLL(name) if name else None
+        return libc if libc is not None and hasattr(libc, "malloc_trim") else None
+    except OSError:
+        return None
+
+
+_LIBC = _load_libc()
+
+
 def _rss_mb() -> int:
     """Resident memory now (Linux /proc; 0 elsewhere): with the peak, shows whether memory grows."""
     try:
@@ -510,6 +539,33 @@ def _rss_mb() -> int:
             return round(int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20)
     except (OSError, ValueError, IndexError):
         return 0
+
+
+class PeakMemory:
+    """Highest resident memory since the last `restart`, sampled by a daemon thread. (Linux's own
+    high-water mark can be reset, but only together with the ru_maxrss that `/usr/bin/time`
+    reports for the whole run, so it is left alone.)"""
+
+    def __init__(self, interval: float = 0.05):
+        self.peak = _rss_mb()
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._sample, args=(interval,), daemon=True, name="peak-memory")
+        self._thread.start()
+
+    def _sample(self, interval: float) -> None:
+        while not self._done.wait(interval):
+            self.peak = max(self.peak, _rss_mb())
+
+    def restart(self) -> int:
+        """The peak so far (MB); a new one starts from the memory now."""
+        peak, self.peak = max(self.peak, _rss_mb()), _rss_mb()
+        return peak
+
+    def __enter__(self) -> PeakMemory:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
 
 
 def _peak_rss_mb() -> int:

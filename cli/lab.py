@@ -33,7 +33,7 @@ def inspect_cmd(
 def long_dependency_cmd(
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for results.md, results.json and gradient_vs_time.png.")],
     steps: Annotated[int, typer.Option(help="Updates per model and delay.")] = 1000,
-    delay: Annotated[list[int] | None, typer.Option(help="Frames between the cue and the answer (repeatable). [default: 5, 20, 50]")] = None,
+    delay: Annotated[list[int] | None, typer.Option(help="Frames between the cue and the answer (repeatable). \\[default: 5, 20, 50]")] = None,
     hidden: Annotated[int, typer.Option(help="Units of the one recurrent layer (the same for every model).")] = 32,
     lr: Annotated[float, typer.Option(help="Adam learning rate.")] = 3e-3,
     forget_bias: Annotated[float, typer.Option(help="Initial LSTM forget-gate bias (PyTorch's init is about 0).")] = 5.0,
@@ -56,7 +56,7 @@ def compare_cmd(
     data: Annotated[Path, typer.Option(help="The AN4 corpus on disk.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Experiment folder: data/, one folder per kind, RESULTS.md.")],
     minutes_per_model: Annotated[float, typer.Option(help="Training time per model (stops at the first epoch boundary past it).")] = 10.0,
-    kinds: Annotated[list[str] | None, typer.Option(help="Model kinds, repeatable or comma-separated. [default: mlp, rnn, gru, lstm, blstm]")] = None,
+    kinds: Annotated[list[str] | None, typer.Option(help="Model kinds, repeatable or comma-separated. \\[default: mlp, rnn, gru, lstm, blstm]")] = None,
     overrides: Annotated[list[str] | None, typer.Option("--set", help="Override a config value of the an4 recipe: section.key=value.")] = None,
     probe_every: Annotated[int, typer.Option(help="Gradient probe every N updates (train.probe_every).")] = 50,
 ) -> None:

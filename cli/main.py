@@ -65,7 +65,7 @@ def export_data_cmd(
 
 @app.command("train")
 def train_cmd(
-    config: Annotated[Path, typer.Argument(help="TOML config: [data], [features], [augment], [model], [train], [decode].")],
+    config: Annotated[Path, typer.Argument(help="TOML config: \\[data], \\[features], \\[augment], \\[model], \\[train], \\[decode].")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Experiment directory; re-running resumes from its last.pt.")],
     overrides: Overrides = None,
     nproc: Annotated[int, typer.Option(help="Processes on this machine (distributed data parallel through torchrun).")] = 1,
@@ -95,7 +95,7 @@ Lexicon = Annotated[Path | None, typer.Option(help="Lexicon (asr lm lexicon): wo
 LM = Annotated[Path | None, typer.Option(help="n-gram LM, ARPA or KenLM binary (asr lm build); needs --lexicon.")]
 LMWeight = Annotated[float | None, typer.Option(help="LM weight.")]
 WordScore = Annotated[float | None, typer.Option(help="Score added per word.")]
-DecoderConfig = Annotated[Path | None, typer.Option("--decoder-config", help="TOML with a [decode] table, e.g. written by asr tune-decoder.")]
+DecoderConfig = Annotated[Path | None, typer.Option("--decoder-config", help="TOML with a \\[decode] table, e.g. written by asr tune-decoder.")]
 
 
 def _decoder(model, beam: bool, beam_size, beam_threshold, lexicon, lm, lm_weight, word_score, decoder_config, nbest: int = 1):
@@ -257,7 +257,7 @@ def tune_decoder_cmd(
     dev: Annotated[Path, typer.Argument(help="The dev manifest to tune on (never the test set).")],
     lm: LM = None,
     lexicon: Lexicon = None,
-    out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the best [decode] settings (TOML).")] = Path("decode.toml"),
+    out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the best \\[decode] settings (TOML).")] = Path("decode.toml"),
     lm_weights: Annotated[str, typer.Option(help="Comma-separated LM weights to try.")] = "0,0.5,1,1.5,2,3",
     word_scores: Annotated[str, typer.Option(help="Comma-separated word scores to try.")] = "-2,-1,0,1,2",
 ) -> None:

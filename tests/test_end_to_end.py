@@ -19,6 +19,8 @@ def test_training_writes_self_contained_checkpoints(trained: Path) -> None:
     rows = list(csv.DictReader(open(trained / "metrics.csv")))
     assert [int(r["epoch"]) for r in rows] == list(range(1, len(rows) + 1))
     assert float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"]) / 10
+    for r in rows:  # memory now, the epoch's own peak (reset each epoch) and the run's peak
+        assert 0 < int(r["rss_mb"]) <= int(r["epoch_peak_rss_mb"]) <= int(r["peak_rss_mb"]), r
     steps = list(csv.DictReader(open(trained / "steps.csv")))
     assert len(steps) == int(rows[-1]["step"]) and all(float(s["grad_norm"]) > 0 for s in steps)
     assert (trained / "config.toml").exists()

@@ -1,4 +1,5 @@
-"""Training survives SIGKILL and Ctrl-C, refuses a second process, and skips non-finite steps."""
+"""Training survives SIGKILL and Ctrl-C, refuses a second process, skips non-finite steps, and
+measures its memory."""
 
 import csv
 import math
@@ -9,11 +10,12 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from asr.config import load_config
-from asr.train import TrainingError, train
+from asr.train import PeakMemory, TrainingError, _rss_mb, train
 from tests.conftest import make_tone_corpus
 
 SMALL = """
@@ -129,3 +131,16 @@ def test_non_finite_steps_are_skipped_then_stop(small: tuple[Path, Path], tmp_pa
         train(cfg, tmp_path / "b")
     assert torch.load(tmp_path / "b" / "last.pt", weights_only=True)["train_state"]["epoch"] == 1
     assert os.path.exists(tmp_path / "b" / "best.pt")
+
+
+@pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="resident memory is read from Linux's /proc")
+def test_epoch_peak_memory_sees_a_short_allocation() -> None:
+    with PeakMemory(interval=0.01) as memory:
+        memory.restart()
+        before = _rss_mb()
+        block = np.ones(300 * 2**20 // 8)  # 300 MB, touched, held for 0.2 s, then freed
+        time.sleep(0.2)
+        del block
+        assert memory.restart() >= before + 250  # the epoch that held it
+        time.sleep(0.05)
+        assert memory.restart() < before + 250  # the next one did not
