@@ -118,3 +118,12 @@ def test_transcribe_folder_and_stdin_skips_bad_files(trained: Path, tone_corpus:
         timeout=120,
     )
     assert listed.returncode == 0 and len(listed.stdout.splitlines()) == 2
+
+
+def test_help_keeps_bracketed_names() -> None:
+    """Typer renders help through rich, whose markup would swallow "[data]" unless escaped."""
+    def text(command: str) -> str:
+        return " ".join(invoke(command, "--help").stdout.replace("│", " ").split())
+
+    assert "[data], [features], [augment], [model], [train], [decode]" in text("train")
+    assert "best [decode] settings" in text("tune-decoder")
