@@ -6,7 +6,8 @@
 Trains with `asr.train.train` itself (the recipe's model, augmentation and batches; no dev set)
 and prints, per epoch, `rss_mb` (resident memory after the epoch) and `epoch_peak_rss_mb` (the
 highest resident memory during the epoch) from metrics.csv, then how much each grew from the
-second epoch to the last (the first epoch loads features and warms the allocator up).
+second epoch to the last (the first epoch loads features and warms the allocator up) and the
+range over the second half of the run.
 """
 
 from __future__ import annotations
@@ -22,18 +23,24 @@ from asr.recipe import load_recipe
 
 def report(metrics: Path) -> None:
     rows = list(csv.DictReader(open(metrics)))
-    if not rows or not rows[0].get("epoch_peak_rss_mb"):
-        raise SystemExit(f"{metrics}: no per-epoch memory columns (written by asr train since epoch_peak_rss_mb was added)")
+    if not rows or not rows[0].get("rss_mb"):
+        raise SystemExit(f"{metrics}: no memory columns (rss_mb); written by asr train")
+    keys = [k for k in ("rss_mb", "epoch_peak_rss_mb") if rows[0].get(k)]  # runs before the epoch peak have rss_mb only
     print(f"{metrics}: {len(rows)} epochs")
-    print("epoch  rss_mb  epoch_peak_rss_mb")
+    print("epoch" + "".join(f"  {k:>17}" for k in keys))
     for r in rows:
-        print(f"{int(r['epoch']):5d}  {int(r['rss_mb']):6d}  {int(r['epoch_peak_rss_mb']):17d}")
+        print(f"{int(r['epoch']):5d}" + "".join(f"  {int(r[k]):17d}" for k in keys))
     if len(rows) >= 3:
         first, last = rows[1], rows[-1]
-        for key in ("rss_mb", "epoch_peak_rss_mb"):
+        for key in keys:
             values = [int(r[key]) for r in rows[1:]]
-            print(f"{key}: epoch {first['epoch']} {first[key]} MB -> epoch {last['epoch']} {last[key]} MB "
-                  f"(change {int(last[key]) - int(first[key]):+d} MB; range {min(values)}-{max(values)} MB)")
+            print(
+                f"{key}: epoch {first['epoch']} {first[key]} MB -> epoch {last['epoch']} {last[key]} MB "
+                f"(change {int(last[key]) - int(first[key]):+d} MB; range {min(values)}-{max(values)} MB)"
+            )
+            half = rows[len(rows) // 2 :]
+            values = [int(r[key]) for r in half]
+            print(f"{key} over the second half (epochs {half[0]['epoch']}-{last['epoch']}): {min(values)}-{max(values)} MB")
     print(f"peak of the whole run: {rows[-1]['peak_rss_mb']} MB")
 
 
