@@ -203,5 +203,7 @@ def test_compare_on_a_fake_an4(tmp_path: Path) -> None:
     assert all(0.85 <= r["relative"] <= 1.15 and r["epochs"] == 1 for r in rows)
     assert all(r["dev_wer"] >= 0 and r["test_wer"] >= 0 and np.isfinite(r["grad_ratio"]) for r in rows)
     assert "| mlp |" in (out / "RESULTS.md").read_text() and "| rnn |" in result.output
+    used = load_config(out / "blstm" / "config.toml")  # the lab's own settings, not the recipe's later tuning
+    assert (used.model.dropout, used.augment.speeds, used.train.epochs) == (0.2, [1.0], 50)
     invoke(*args, *[a for s in tiny for a in ("--set", s)])  # resumes: every budget is spent, nothing retrained
     assert [r["epoch"] for r in _rows(out / "rnn" / "metrics.csv")] == ["1"]
