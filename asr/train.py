@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 import ctypes
-import ctypes.util
 import fcntl
 import json
 import math
@@ -333,7 +332,6 @@ def _train(cfg: Config, exp: Path, stop: StopRequest, device: torch.device, rank
         save_checkpoint(last_path, payload)
 
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
-    run_peak = 0
     for epoch in range(start_epoch, cfg.train.epochs + 1):
         if cfg.train.max_minutes > 0 and not partial and ranks.any(elapsed >= 60 * cfg.train.max_minutes):
             log(f"train.max_minutes={cfg.train.max_minutes:g} reached after {elapsed / 60:.1f} min of training (epoch {epoch - 1}); stopped")
@@ -421,7 +419,7 @@ def _train(cfg: Config, exp: Path, stop: StopRequest, device: torch.device, rank
         _release_free_memory()
         rss = _rss_mb()
         epoch_peak = max(memory.restart(), rss)
-        run_peak = max(run_peak, epoch_peak, _peak_rss_mb())  # the kernel's high-water mark can miss a sampled peak
+        run_peak = max(memory.run_peak, epoch_peak, _peak_rss_mb())  # the kernel's high-water mark can miss a sampled peak
         row.update(epoch_seconds=f"{time.time() - t0:.1f}", elapsed_seconds=f"{elapsed:.1f}", rss_mb=rss, peak_rss_mb=run_peak, epoch_peak_rss_mb=epoch_peak)
         if ranks.main:
             _append_csv(metrics_path, METRICS, row)
@@ -521,12 +519,11 @@ def _release_free_memory() -> None:
 
 
 def _load_libc() -> ctypes.CDLL | None:
-    name = ctypes.util.find_library("c") if sys.platform.startswith("linux") else None
-    try:
-        libc = ctypes.CDLL(name) if name else None
-        return libc if libc is not None and hasattr(libc, "malloc_trim") else None
-    except OSError:
+    """The C library this process already uses, if it is glibc (musl and macOS have no malloc_trim)."""
+    if not sys.platform.startswith("linux"):
         return None
+    libc = ctypes.CDLL(None)
+    return libc if hasattr(libc, "malloc_trim") else None
 
 
 _LIBC = _load_libc()
@@ -547,7 +544,7 @@ class PeakMemory:
     reports for the whole run, so it is left alone.)"""
 
     def __init__(self, interval: float = 0.05):
-        self.peak = _rss_mb()
+        self.peak = self.run_peak = _rss_mb()
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._sample, args=(interval,), daemon=True, name="peak-memory")
         self._thread.start()
@@ -557,8 +554,11 @@ class PeakMemory:
             self.peak = max(self.peak, _rss_mb())
 
     def restart(self) -> int:
-        """The peak so far (MB); a new one starts from the memory now."""
-        peak, self.peak = max(self.peak, _rss_mb()), _rss_mb()
+        """The peak since the last restart (MB); a new one starts from the memory now.
+        `run_peak` keeps the highest of them."""
+        now = _rss_mb()
+        peak, self.peak = max(self.peak, now), now
+        self.run_peak = max(self.run_peak, peak)
         return peak
 
     def __enter__(self) -> PeakMemory:
