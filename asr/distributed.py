@@ -50,16 +50,30 @@ def init(device: torch.device) -> Dist:
     if world <= 1:
         return Dist()
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+            dist.init_process_group("nccl", device_id=device)
+        else:
+            dist.init_process_group("gloo")
     return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
 
 
-def resolve_device(name: str) -> torch.device:
-    """"auto" is the GPU of this process's local rank when CUDA is present, else the CPU."""
+def resolve_device(name: str, processes: int | None = None) -> torch.device:
+    """"auto" is this process's own GPU when every process on this machine can have one, else the CPU.
+
+    `processes` is the number of training processes on this machine (default: torchrun's
+    LOCAL_WORLD_SIZE, 1 without torchrun); NCCL cannot put two processes on one GPU."""
     if name not in ("auto", "cpu", "cuda"):
         raise ValueError(f"train.device must be auto, cpu or cuda, got {name!r}")
-    if name == "cuda" and not torch.cuda.is_available():
+    local = processes if processes is not None else int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if name == "cuda" and gpus == 0:
         raise ValueError("train.device = cuda, but no CUDA device is available")
-    if name == "cpu" or not torch.cuda.is_available():
+    if name == "cuda" and local > gpus:
+        raise ValueError(
+            f"train.device = cuda needs a GPU per process: {local} processes on this machine, {gpus} GPU(s)"
+            " (use fewer processes, or train.device = cpu)"
+        )
+    if name == "cpu" or gpus == 0 or local > gpus:
         return torch.device("cpu")
     return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))

@@ -55,3 +55,30 @@ def test_cuda_training_with_mixed_precision_loads_on_cpu(small: tuple[Path, Path
     wav = sorted(manifest.parent.glob("*.wav"))[0]
     out = subprocess.run([sys.executable, "-m", "asr", "transcribe", str(tmp_path / "gpu" / "best.pt"), str(wav), "--device", "cuda"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
+
+
+@pytest.mark.parametrize("gpus, processes, auto", [(0, 1, "cpu"), (1, 1, "cuda:0"), (1, 2, "cpu"), (2, 2, "cuda:1"), (4, 2, "cuda:1")])
+def test_auto_takes_a_gpu_only_when_every_process_has_its_own(monkeypatch: pytest.MonkeyPatch, gpus: int, processes: int, auto: str) -> None:
+    from asr.distributed import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: gpus > 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
+    monkeypatch.setenv("LOCAL_RANK", str(processes - 1))
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", str(processes))
+    assert str(resolve_device("auto")) == auto
+    assert str(resolve_device("cpu")) == "cpu"
+    if auto == "cpu":
+        with pytest.raises(ValueError, match="no CUDA device" if gpus == 0 else f"{processes} processes on this machine, {gpus} GPU"):
+            resolve_device("cuda")
+    else:
+        assert resolve_device("cuda") == resolve_device("auto")
+
+
+def test_too_few_gpus_for_nproc_is_one_line_before_launch(small: tuple[Path, Path], tmp_path: Path) -> None:
+    if torch.cuda.is_available() and torch.cuda.device_count() >= 2:
+        pytest.skip("this machine has a GPU for each of 2 processes")
+    config, manifest = small
+    r = train(config, manifest, tmp_path / "x", "--device", "cuda", "--nproc", "2")
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    assert r.stderr.strip().count("\n") == 0 and ("GPU per process" in r.stderr or "no CUDA device" in r.stderr), r.stderr
+    assert not (tmp_path / "x").exists()

@@ -25,6 +25,7 @@ epochs = 2
 batch_frames = 500
 warmup_steps = 3
 threads = 1
+device = "cpu"  # gloo; on a GPU machine "auto" would take NCCL
 """
 
 
