@@ -77,13 +77,14 @@ def train_cmd(
     if nproc > 1 and "WORLD_SIZE" not in os.environ:
         import subprocess
 
+        import torch
+
         from asr.config import load_config
         from asr.distributed import resolve_device
 
-        cfg = load_config(config, overrides)  # bad config or device: one line here, not one per process
-        import torch
-
-        if resolve_device(cfg.train.device, nproc).type == "cpu" and cfg.train.device == "auto" and torch.cuda.is_available():
+        cfg = load_config(config, overrides)  # a bad config or device fails here in one line, not once per process
+        device = resolve_device(cfg.train.device, nproc)
+        if device.type == "cpu" and cfg.train.device == "auto" and torch.cuda.is_available():
             typer.echo(f"{nproc} processes on the CPU (gloo): CUDA needs a GPU per process", err=True)
         args = [str(config), "--out", str(out)] + [a for o in overrides for a in ("--set", o)]
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", "-m", "asr", "train", *args]
