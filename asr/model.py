@@ -121,7 +121,12 @@ class CTCModel(nn.Module):
     def forward(self, x: torch.Tensor, lengths: torch.Tensor, layer_outputs: list[torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Features (B, T, D) with lengths -> log-probabilities (B, T', V) and their lengths."""
         y, lengths = self.encode(x, lengths, layer_outputs)
-        return self.output(self.dropout(y)).log_softmax(-1), lengths
+        return self.layer_log_probs(y), lengths
+
+    def layer_log_probs(self, layer_output: torch.Tensor) -> torch.Tensor:
+        """A hidden layer's outputs (B, T', H*directions) through the output layer: log-probabilities
+        (B, T', V), as intermediate CTC needs them."""
+        return self.output(self.dropout(layer_output)).log_softmax(-1)
 
     def layer_names(self) -> list[str]:
         """One label per layer, in the order `encode` appends their outputs."""

@@ -238,11 +238,39 @@ def train(cfg: Config, exp_dir: str | Path) -> Path:
         return _train(cfg, exp, stop, device, ranks, memory)
 
 
+def inter_ctc_layer(cfg: Config) -> int:
+    """The layer (from 1) whose outputs get the intermediate CTC loss; 0 when it is off."""
+    w, k, layers = cfg.train.inter_ctc_weight, cfg.train.inter_ctc_layer, cfg.model.layers
+    if not 0 <= w < 1:
+        raise ConfigError(f"train.inter_ctc_weight must be at least 0 and below 1, got {w}")
+    if w == 0:
+        return 0
+    k = k or (layers + 1) // 2
+    if not 1 <= k < layers:
+        raise ConfigError(f"train.inter_ctc_layer must be a layer below the top one (1 to {layers - 1}), got {k}")
+    return k
+
+
+def training_loss(
+    trained: torch.nn.Module, model: CTCModel, x: torch.Tensor, lengths: torch.Tensor, targets: torch.Tensor, target_lengths: torch.Tensor, inter_layer: int = 0, inter_weight: float = 0.0
+) -> torch.Tensor:
+    """CTC loss of one batch; with `inter_layer`, (1 - w) * CTC(top) + w * CTC(that layer through the
+    output layer). `trained` is `model` itself or its DistributedDataParallel wrapper."""
+    hidden: list[torch.Tensor] | None = [] if inter_layer else None
+    log_probs, out_lengths = trained(x, lengths, hidden)
+    loss = ctc_loss(log_probs, out_lengths, targets, target_lengths)
+    if not inter_layer:
+        return loss
+    inter = ctc_loss(model.layer_log_probs(hidden[inter_layer - 1]), out_lengths, targets, target_lengths)
+    return (1 - inter_weight) * loss + inter_weight * inter
+
+
 def _train(cfg: Config, exp: Path, stop: StopRequest, device: torch.device, ranks: distributed.Dist, memory: PeakMemory) -> Path:
     if not cfg.data.train:
         raise ConfigError("data.train: no training manifest given")
     if cfg.train.accumulate < 1:
         raise ConfigError(f"train.accumulate must be at least 1, got {cfg.train.accumulate}")
+    inter_layer = inter_ctc_layer(cfg)
     if cfg.train.threads > 0:
         torch.set_num_threads(cfg.train.threads)
     torch.manual_seed(cfg.train.seed)
@@ -364,8 +392,9 @@ def _train(cfg: Config, exp: Path, stop: StopRequest, device: torch.device, rank
                         x = x.pin_memory()
                     last_micro = k == len(mine) - 1
                     with trained.no_sync() if ranks.enabled and not last_micro else nullcontext(), autocast:
-                        log_probs, out_lengths = trained(x.to(device, non_blocking=True), b.lengths)
-                        loss = ctc_loss(log_probs, out_lengths, b.targets.to(device), b.target_lengths.to(device)) / len(mine)
+                        targets = (b.targets.to(device), b.target_lengths.to(device))
+                        loss = training_loss(trained, model, x.to(device, non_blocking=True), b.lengths, *targets, inter_layer, cfg.train.inter_ctc_weight)
+                        loss = loss / len(mine)
                     loss.backward()  # also when not finite: every rank must take part in the all-reduce
                     loss_value += loss.item()
                 norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.clip_norm))

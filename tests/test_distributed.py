@@ -1,5 +1,6 @@
 """Distributed data parallel training on the CPU with gloo: two processes reach the model state
-that one process reaches on the same global batches (two micro-batches per update)."""
+that one process reaches on the same global batches (two micro-batches per update), intermediate
+CTC included (its layer outputs must come back through the DDP wrapper)."""
 
 import subprocess
 import sys
@@ -25,6 +26,7 @@ epochs = 2
 batch_frames = 500
 warmup_steps = 3
 threads = 1
+inter_ctc_weight = 0.3
 device = "cpu"  # gloo; on a GPU machine "auto" would take NCCL
 """
 
