@@ -549,19 +549,19 @@ def _release_free_memory() -> None:
         _LIBC.malloc_trim(0)
 
 
+_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3  # glibc's malloc.h
+
+
 def keep_freed_memory() -> bool:
     """Make glibc keep freed memory for reuse: large blocks come from the heap instead of a fresh
     mmap each (M_MMAP_THRESHOLD 256 MB), and the heap's top is trimmed only past 1 GB (M_TRIM_THRESHOLD,
-    M_TOP_PAD). By default each large tensor is mapped, zero-filled page by page and unmapped, which
-    on a 2-core machine puts about a quarter of the training time in the kernel. Lasts for the
+    M_TOP_PAD). By default each large tensor is mapped, zero-filled page by page and unmapped: in an
+    AN4 recipe run on 2 cores, 518 s of system time against 4031 s of user time. Lasts for the
     process; False where the C library is not glibc."""
     if _LIBC is None or not hasattr(_LIBC, "mallopt"):
         return False
     settings = ((_M_MMAP_THRESHOLD, 256 << 20), (_M_TRIM_THRESHOLD, 1 << 30), (_M_TOP_PAD, 256 << 20))
     return all(_LIBC.mallopt(param, value) == 1 for param, value in settings)
-
-
-_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3  # glibc's malloc.h
 
 
 def _load_libc() -> ctypes.CDLL | None:
