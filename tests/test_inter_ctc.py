@@ -1,4 +1,4 @@
-"""Intermediate CTC: the loss it trains with, its settings, and a training run that uses it."""
+"""Intermediate CTC: the loss it trains with and its settings (tests/test_distributed.py trains with it)."""
 
 import pytest
 import torch
