@@ -44,6 +44,17 @@ class Recipe:
     sha256: str = ""
     archive_dir: str = ""  # folder inside the extracted archive that holds the corpus
     lm_order: int = 3  # word n-gram built from the training transcripts; 0: no LM stage
+    # The final model trains on train + dev, and the decode weights come from [decode] instead of
+    # being tuned on dev: choose everything on dev first with this off (`--set recipe.train_on_dev=false`).
+    train_on_dev: bool = False
+
+    @property
+    def training_sets(self) -> list[str]:
+        return [self.train_set, self.dev_set] if self.train_on_dev and self.dev_set else [self.train_set]
+
+    @property
+    def tunes_on_dev(self) -> bool:
+        return bool(self.dev_set) and not self.train_on_dev
 
 
 def find_recipe(name_or_dir: str) -> Path:
@@ -65,7 +76,7 @@ def load_recipe(name_or_dir: str) -> Recipe:
     meta = d.pop("recipe", {})
     if "corpus" not in meta:
         raise ConfigError(f"{toml_path}: [recipe] needs corpus = \"...\"")
-    allowed = {"corpus", "train_set", "dev_set", "test_sets", "url", "sha256", "archive_dir", "lm_order"}
+    allowed = {"corpus", "train_set", "dev_set", "test_sets", "url", "sha256", "archive_dir", "lm_order", "train_on_dev"}
     unknown = set(meta) - allowed
     if unknown:
         raise ConfigError(f"{toml_path}: unknown key(s) in [recipe]: {', '.join(sorted(unknown))}")
@@ -93,11 +104,15 @@ def run_recipe(
     cfg = recipe.config
     for text in overrides or []:
         key, value = parse_override(text)
-        set_value(cfg, key, value, where="--set")
+        if key.startswith("recipe."):
+            set_recipe_value(recipe, key, value)
+        else:
+            set_value(cfg, key, value, where="--set")
     exp = Path(out)
     data_dir, train_dir, lm_dir, model_path = exp / "data", exp / "train", exp / "lm", exp / "model.pt"
-    cfg.data.train = str(data_dir / f"{recipe.train_set}.jsonl")
-    cfg.data.dev = str(data_dir / f"{recipe.dev_set}.jsonl") if recipe.dev_set else ""
+    train_manifest = data_dir / f"{'+'.join(recipe.training_sets)}.jsonl"
+    cfg.data.train = str(train_manifest)
+    cfg.data.dev = str(data_dir / f"{recipe.dev_set}.jsonl") if recipe.tunes_on_dev else ""
     needed = [recipe.train_set, *([recipe.dev_set] if recipe.dev_set else []), *recipe.test_sets]
     lm_files = {"lm": lm_dir / f"{recipe.lm_order}gram.arpa", "lexicon": lm_dir / "lexicon.txt", "decode": lm_dir / "decode.toml"}
 
@@ -118,6 +133,11 @@ def run_recipe(
             if missing:
                 raise RecipeError(f"{src}: preparing {recipe.corpus} gave no usable {', '.join(missing)} split")
 
+    parts = [data_dir / f"{s}.jsonl" for s in recipe.training_sets]
+    if len(parts) > 1 and all(p.exists() for p in parts) and not fresh(train_manifest, *parts):
+        _log(f"training set: {' + '.join(recipe.training_sets)} -> {train_manifest}")
+        atomic_write_text(train_manifest, "".join(p.read_text(encoding="utf-8") for p in parts))
+
     if run(2):
         if training_complete(train_dir, cfg):
             _log(f"stage 2 (train): {train_dir} complete, skipped")
@@ -136,7 +156,7 @@ def run_recipe(
             export_model(chosen, model_path)
 
     if run(3) and recipe.lm_order > 0:
-        if all(fresh(p, model_path) for p in lm_files.values() if p.suffix != ".toml" or recipe.dev_set):
+        if all(fresh(p, model_path) for p in lm_files.values() if p.suffix != ".toml" or recipe.tunes_on_dev):
             _log(f"stage 3 (lm): {lm_dir} complete, skipped")
         else:
             _build_lm(recipe, data_dir, model_path, lm_files)
@@ -156,7 +176,7 @@ def run_recipe(
                 if tag == "greedy":
                     decoder = build_decoder(model, model.cfg.decode)
                 else:
-                    if lm_files["decode"].exists():
+                    if recipe.tunes_on_dev and lm_files["decode"].exists():
                         load_decode_settings(model.cfg.decode, lm_files["decode"])
                     decoder = build_decoder(model, model.cfg.decode, lexicon=lm_files["lexicon"], lm=lm_files["lm"])
                 report = decode_manifest(model, data_dir / f"{name}.jsonl", hyp, decoder)
@@ -264,12 +284,12 @@ def _build_lm(recipe: Recipe, data_dir: Path, model_path: Path, files: dict[str,
     from asr.decode import load_model, tune_decoder
     from asr.lm import build_arpa, lexicon_words, read_lm_texts, write_lexicon
 
-    sentences = read_lm_texts(data_dir / f"{recipe.train_set}.jsonl")
+    sentences = read_lm_texts(data_dir / f"{'+'.join(recipe.training_sets)}.jsonl")
     stats = build_arpa(sentences, recipe.lm_order, files["lm"])
     model = load_model(model_path)
     written, skipped = write_lexicon(lexicon_words(sentences), model.tokenizer.tokens, files["lexicon"])
     _log(f"stage 3 (lm): {stats.order}-gram from {len(sentences)} sentences -> {files['lm']}; lexicon {written} words ({len(skipped)} unspellable)")
-    if recipe.dev_set:
+    if recipe.tunes_on_dev:
         tuned = tune_decoder(model, data_dir / f"{recipe.dev_set}.jsonl", files["lexicon"], files["lm"], out=files["decode"])
         _log(f"stage 3 (lm): tuned on {recipe.dev_set}: lm_weight {tuned.best['lm_weight']}, word_score {tuned.best['word_score']} (dev WER {tuned.best_wer:.2f}%)")
 
@@ -278,12 +298,17 @@ def results_table(recipe: Recipe, exp: Path, results: dict[str, dict]) -> str:
     """Markdown table of the scores, with the training time from metrics.csv."""
     last = last_metrics(exp / "train")
     train_seconds = last["elapsed_seconds"] if last else ""
-    tuning = f"weights tuned on {recipe.dev_set}" if recipe.dev_set else "default weights (no dev set to tune on)"
+    if recipe.tunes_on_dev:
+        tuning = f"weights tuned on {recipe.dev_set}"
+    elif recipe.train_on_dev:
+        tuning = f"the recipe's [decode] weights (lm_weight {recipe.config.decode.lm_weight}, word_score {recipe.config.decode.word_score}; {recipe.dev_set} was trained on)"
+    else:
+        tuning = "default weights (no dev set to tune on)"
     lm = f"; (LM): beam search with the lexicon and {recipe.lm_order}-gram LM built from the training transcripts, {tuning}" if recipe.lm_order else ""
     lines = [
         f"# Results: {recipe.name}",
         "",
-        f"Model: {exp / 'model.pt'}. Greedy CTC decoding{lm}. Training time: {train_seconds} s.",
+        f"Model: {exp / 'model.pt'}, trained on {' + '.join(recipe.training_sets)}. Greedy CTC decoding{lm}. Training time: {train_seconds} s.",
         "",
         "| set | utterances | words | WER % | CER % | sub | del | ins |",
         "|---|---|---|---|---|---|---|---|",
@@ -294,6 +319,18 @@ def results_table(recipe: Recipe, exp: Path, results: dict[str, dict]) -> str:
             f"{r['substitutions']} | {r['deletions']} | {r['insertions']} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def set_recipe_value(recipe: Recipe, dotted: str, value: object) -> None:
+    """`--set recipe.train_on_dev=false` and `recipe.lm_order=N`: the [recipe] keys that change a run."""
+    key = dotted.removeprefix("recipe.")
+    settable = {"train_on_dev": bool, "lm_order": int}
+    if key not in settable:
+        raise ConfigError(f"--set: [recipe] key '{key}' cannot be overridden (only {', '.join(settable)})")
+    kind = settable[key]
+    if type(value) is not kind:
+        raise ConfigError(f"--set: {dotted} must be {kind.__name__}, got {value!r}")
+    setattr(recipe, key, value)
 
 
 def download_corpus(recipe: Recipe, cache_dir: str | Path | None = None) -> Path:

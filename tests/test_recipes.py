@@ -157,3 +157,46 @@ def test_leave_one_speaker_out_on_a_generated_fsdd(tmp_path: Path) -> None:
         from asr.recipe import run_cross_validation
 
         run_cross_validation("an4", tmp_path / "x")
+
+
+def test_train_on_dev_trains_on_both_and_keeps_the_recipe_weights(tmp_path: Path) -> None:
+    """`train_on_dev = true`: the final model trains on train + dev, dev is no longer scored during
+    training nor used to tune the LM weights (they come from [decode]); `--set recipe.train_on_dev=false`
+    brings the held-out dev back."""
+    from asr.config import ConfigError
+    from asr.manifest import read_manifest
+    from tests.test_corpora import make_an4
+
+    src = make_an4(tmp_path / "an4")
+    recipe = tmp_path / "tiny"
+    recipe.mkdir()
+    text = (Path(__file__).resolve().parents[1] / "recipes" / "an4" / "config.toml").read_text()
+    for old, new in [("epochs = 80", "epochs = 1"), ("hidden = 256", "hidden = 8"), ("layers = 3", "layers = 1"), ("average_last = 10", "average_last = 1")]:
+        assert old in text
+        text = text.replace(old, new)
+    (recipe / "config.toml").write_text(text)
+    assert load_recipe(str(recipe)).train_on_dev
+    fast = ["train.plots=false", "augment.speeds=[1.0]"]
+
+    exp = tmp_path / "final"
+    run_recipe(str(recipe), exp, data=src, overrides=fast)
+    joined = read_manifest(exp / "data" / "train+dev.jsonl")
+    parts = read_manifest(exp / "data" / "train.jsonl") + read_manifest(exp / "data" / "dev.jsonl")
+    assert [u.id for u in joined] == [u.id for u in parts] and len(joined) == 9
+    trained = (exp / "train" / "config.toml").read_text()
+    assert "train+dev.jsonl" in trained and 'dev = ""' in trained
+    assert not (exp / "lm" / "decode.toml").exists()  # nothing tuned on dev
+    assert "WORD" in (exp / "lm" / "lexicon.txt").read_text()
+    assert "trained on train + dev" in (exp / "RESULTS.md").read_text()
+    assert "the recipe's [decode] weights" in (exp / "RESULTS.md").read_text()
+
+    held_out = tmp_path / "held_out"
+    run_recipe(str(recipe), held_out, data=src, overrides=[*fast, "recipe.train_on_dev=false"])
+    assert not (held_out / "data" / "train+dev.jsonl").exists()
+    assert (held_out / "lm" / "decode.toml").exists()
+    assert "trained on train." in (held_out / "RESULTS.md").read_text()
+
+    with pytest.raises(ConfigError, match="only train_on_dev, lm_order"):
+        run_recipe(str(recipe), held_out, overrides=["recipe.corpus=x"])
+    with pytest.raises(ConfigError, match="must be bool"):
+        run_recipe(str(recipe), held_out, overrides=["recipe.train_on_dev=maybe"])
