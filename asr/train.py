@@ -331,7 +331,7 @@ def _train(cfg: Config, exp: Path, stop: StopRequest, device: torch.device, rank
     speeds = f", speeds {'/'.join(f'{x:g}' for x in cfg.augment.speeds)}" if train_data.copies > 1 else ""
     log(
         f"train: {train_data.n} utts, {lengths.sum() / 100 / 3600:.2f} h{speeds}; "
-        f"dev: {len(dev_data.features) if dev_data else 0} utts; tokens: {len(tokenizer)}; "
+        f"dev: {f'{len(dev_data.features)} utts' if dev_data else 'none (no per-epoch WER)'}; tokens: {len(tokenizer)}; "
         f"parameters: {count_parameters(model) / 1e6:.2f} M; {len(first_batches)} batches/epoch, "
         f"padding {padding_fraction(train_data.features.lengths(), first_batches):.1%}; {steps_per_epoch} updates/epoch"
         + (f" over {ranks.world} processes" if ranks.enabled else "")
