@@ -159,7 +159,7 @@ def test_leave_one_speaker_out_on_a_generated_fsdd(tmp_path: Path) -> None:
         run_cross_validation("an4", tmp_path / "x")
 
 
-def test_train_on_dev_trains_on_both_and_keeps_the_recipe_weights(tmp_path: Path) -> None:
+def test_train_on_dev_trains_on_both_and_keeps_the_recipe_weights(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """`train_on_dev = true`: the final model trains on train + dev, dev is no longer scored during
     training nor used to tune the LM weights (they come from [decode]); `--set recipe.train_on_dev=false`
     brings the held-out dev back."""
@@ -186,7 +186,7 @@ def test_train_on_dev_trains_on_both_and_keeps_the_recipe_weights(tmp_path: Path
     trained = (exp / "train" / "config.toml").read_text()
     assert "train+dev.jsonl" in trained and 'dev = ""' in trained
     assert not (exp / "lm" / "decode.toml").exists()  # nothing tuned on dev
-    assert "WORD" in (exp / "lm" / "lexicon.txt").read_text()
+    assert "3-gram from 9 sentences" in capsys.readouterr().err  # the LM too: 6 train + 3 dev
     assert "trained on train + dev" in (exp / "RESULTS.md").read_text()
     assert "the recipe's [decode] weights" in (exp / "RESULTS.md").read_text()
 
@@ -195,6 +195,7 @@ def test_train_on_dev_trains_on_both_and_keeps_the_recipe_weights(tmp_path: Path
     assert not (held_out / "data" / "train+dev.jsonl").exists()
     assert (held_out / "lm" / "decode.toml").exists()
     assert "trained on train." in (held_out / "RESULTS.md").read_text()
+    assert "3-gram from 6 sentences" in capsys.readouterr().err
 
     with pytest.raises(ConfigError, match="only train_on_dev, lm_order"):
         run_recipe(str(recipe), held_out, overrides=["recipe.corpus=x"])
