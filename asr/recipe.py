@@ -96,7 +96,7 @@ def run_recipe(
     """Run the recipe's stages `stage`..`stop_stage` into `out`; returns {"<set>" or "<set> (LM)": score json}.
 
     Stages: 1 prepare, 2 train, 3 lm (n-gram LM and lexicon from the training transcripts,
-    weights tuned on dev), 4 decode every test set (greedy, and beam search with the LM),
+    weights tuned on dev unless the recipe trains on dev), 4 decode every test set (greedy, and beam search with the LM),
     5 score. A stage whose outputs are complete is skipped."""
     from asr.config import parse_override
 
@@ -280,7 +280,7 @@ def _hyp_paths(recipe: Recipe, exp: Path, test_set: str) -> dict[str, Path]:
 
 
 def _build_lm(recipe: Recipe, data_dir: Path, model_path: Path, files: dict[str, Path]) -> None:
-    """The n-gram LM and lexicon from the training transcripts; LM weight and word score tuned on dev."""
+    """The n-gram LM and lexicon from the training transcripts; LM weight and word score tuned on dev when the recipe holds dev out."""
     from asr.decode import load_model, tune_decoder
     from asr.lm import build_arpa, lexicon_words, read_lm_texts, write_lexicon
 
