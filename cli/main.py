@@ -27,6 +27,10 @@ app.add_typer(lab_app, name="lab")
 app.command("inspect")(inspect_cmd)
 
 Overrides = Annotated[list[str] | None, typer.Option("--set", help="Override a config value: section.key=value (repeatable).")]
+RecipeOverrides = Annotated[
+    list[str] | None,
+    typer.Option("--set", help="Override a config value: section.key=value (repeatable); also recipe.train_on_dev, recipe.lm_order."),
+]
 Device = Annotated[str, typer.Option(help="auto (CUDA when present), cpu or cuda.")]
 Threads = Annotated[int, typer.Option(help="CPU threads for torch (0: torch's default).")]
 
@@ -321,7 +325,7 @@ def recipe_run_cmd(
     data: Annotated[Path | None, typer.Option(help="The corpus on disk; without it the recipe downloads it.")] = None,
     stage: Annotated[int, typer.Option(help="First stage: 1 prepare, 2 train, 3 lm, 4 decode, 5 score.")] = 1,
     stop_stage: Annotated[int, typer.Option(help="Last stage.")] = 5,
-    overrides: Overrides = None,
+    overrides: RecipeOverrides = None,
     nproc: Annotated[int, typer.Option(help="Training processes (distributed data parallel through torchrun).")] = 1,
 ) -> None:
     """Prepare, train, build the LM, decode every test set (greedy and with the LM) and score;

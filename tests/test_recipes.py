@@ -201,3 +201,9 @@ def test_train_on_dev_trains_on_both_and_keeps_the_recipe_weights(tmp_path: Path
         run_recipe(str(recipe), held_out, overrides=["recipe.corpus=x"])
     with pytest.raises(ConfigError, match="must be bool"):
         run_recipe(str(recipe), held_out, overrides=["recipe.train_on_dev=maybe"])
+    import subprocess
+    import sys
+
+    cli = subprocess.run([sys.executable, "-m", "asr", "recipe", "run", str(recipe), "--out", str(held_out), "--set", "recipe.url=x"], capture_output=True, text=True, timeout=120)
+    assert cli.returncode != 0 and "Traceback" not in cli.stderr
+    assert cli.stderr.strip() == "error: --set: [recipe] key 'url' cannot be overridden (only train_on_dev, lm_order)"
