@@ -53,6 +53,11 @@ class Recipe:
         return [self.train_set, self.dev_set] if self.train_on_dev and self.dev_set else [self.train_set]
 
     @property
+    def training_manifest(self) -> str:
+        """File name of the manifest the model trains on (and the LM is built from)."""
+        return "+".join(self.training_sets) + ".jsonl"
+
+    @property
     def tunes_on_dev(self) -> bool:
         return bool(self.dev_set) and not self.train_on_dev
 
@@ -110,7 +115,7 @@ def run_recipe(
             set_value(cfg, key, value, where="--set")
     exp = Path(out)
     data_dir, train_dir, lm_dir, model_path = exp / "data", exp / "train", exp / "lm", exp / "model.pt"
-    train_manifest = data_dir / f"{'+'.join(recipe.training_sets)}.jsonl"
+    train_manifest = data_dir / recipe.training_manifest
     cfg.data.train = str(train_manifest)
     cfg.data.dev = str(data_dir / f"{recipe.dev_set}.jsonl") if recipe.tunes_on_dev else ""
     needed = [recipe.train_set, *([recipe.dev_set] if recipe.dev_set else []), *recipe.test_sets]
@@ -284,7 +289,7 @@ def _build_lm(recipe: Recipe, data_dir: Path, model_path: Path, files: dict[str,
     from asr.decode import load_model, tune_decoder
     from asr.lm import build_arpa, lexicon_words, read_lm_texts, write_lexicon
 
-    sentences = read_lm_texts(data_dir / f"{'+'.join(recipe.training_sets)}.jsonl")
+    sentences = read_lm_texts(data_dir / recipe.training_manifest)
     stats = build_arpa(sentences, recipe.lm_order, files["lm"])
     model = load_model(model_path)
     written, skipped = write_lexicon(lexicon_words(sentences), model.tokenizer.tokens, files["lexicon"])
