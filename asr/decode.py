@@ -226,6 +226,40 @@ class TuneResult:
     grid: list[tuple[float, float, float]]  # (lm_weight, word_score, WER %)
 
 
+def manifest_emissions(model: Any, manifest: str | Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+    """References and the acoustic model's log-probabilities (frames, tokens) of a manifest's readable utterances."""
+    utts = read_manifest(manifest)
+    no_search: Decoder = lambda log_probs, lengths: [[] for _ in range(len(lengths))]  # noqa: E731
+    emissions = {d.key: d.log_probs for d in decode_items(model, [(u.id, u.audio) for u in utts], no_search, keep_log_probs=True) if d.hyps is not None}
+    return {u.id: u.text for u in utts}, emissions
+
+
+def grid_hypotheses(
+    model: Any,
+    emissions: dict[str, torch.Tensor],
+    lexicon: str | Path,
+    lm: str | Path,
+    lm_weights: Iterable[float],
+    word_scores: Iterable[float],
+) -> dict[tuple[float, float], dict[str, str]]:
+    """Beam-search hypotheses {(lm_weight, word_score): {id: text}} for every grid point, from precomputed emissions."""
+    from asr.beam import BeamSearch
+    from asr.config import DecodeConfig
+
+    grid = {}
+    for w in lm_weights:
+        for ws in word_scores:
+            cfg = DecodeConfig(**{**vars(model.cfg.decode), "lm_weight": float(w), "word_score": float(ws)})
+            search = BeamSearch(model.tokenizer, cfg, lexicon=lexicon, lm=lm)
+            grid[float(w), float(ws)] = {k: search(lp[None], torch.tensor([len(lp)]))[0][0].text for k, lp in emissions.items()}
+    return grid
+
+
+def best_grid_point(grid: list[tuple[float, float, float]]) -> tuple[float, float, float]:
+    """The (lm_weight, word_score, WER) with the lowest WER; ties go to the word score nearest 0, then the smaller weight."""
+    return min(grid, key=lambda g: (g[2], abs(g[1]), g[0]))
+
+
 def tune_decoder(
     model: str | Path | Any,
     manifest: str | Path,
@@ -238,24 +272,15 @@ def tune_decoder(
     """Grid-search LM weight and word score for the lowest WER on a (dev) manifest. The acoustic
     model runs once; each grid point only re-runs the beam search. With `out`, writes the best
     settings as a [decode] TOML table that `--decoder-config` and recipes read."""
-    from asr.beam import BeamSearch
-    from asr.config import DecodeConfig, to_toml
+    from asr.config import to_toml
     from asr.fileio import atomic_write_text
     from asr.scoring import score
 
     model = load_model(model) if isinstance(model, (str, Path)) else model
-    utts = read_manifest(manifest)
-    refs = {u.id: u.text for u in utts}
-    no_search: Decoder = lambda log_probs, lengths: [[] for _ in range(len(lengths))]  # noqa: E731
-    emissions = {d.key: d.log_probs for d in decode_items(model, [(u.id, u.audio) for u in utts], no_search, keep_log_probs=True) if d.hyps is not None}
-    grid = []
-    for w in lm_weights:
-        for ws in word_scores:
-            cfg = DecodeConfig(**{**vars(model.cfg.decode), "lm_weight": float(w), "word_score": float(ws)})
-            search = BeamSearch(model.tokenizer, cfg, lexicon=lexicon, lm=lm)
-            hyps = {k: search(lp[None], torch.tensor([len(lp)]))[0][0].text for k, lp in emissions.items()}
-            grid.append((float(w), float(ws), score(refs, hyps).wer))
-    w, ws, wer = min(grid, key=lambda g: (g[2], abs(g[1]), g[0]))
+    refs, emissions = manifest_emissions(model, manifest)
+    hyps = grid_hypotheses(model, emissions, lexicon, lm, lm_weights, word_scores)
+    grid = [(w, ws, score(refs, h).wer) for (w, ws), h in hyps.items()]
+    w, ws, wer = best_grid_point(grid)
     if out:
         settings = {"beam_size": model.cfg.decode.beam_size, "beam_threshold": model.cfg.decode.beam_threshold, "lm_weight": w, "word_score": ws}
         atomic_write_text(out, f"# asr tune-decoder on {manifest}: WER {wer:.2f}%\n" + to_toml({"decode": settings}))

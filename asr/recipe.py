@@ -13,6 +13,7 @@ import urllib.request
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import torch
 from tqdm import tqdm
 
 from asr.checkpoint import average_checkpoints, epoch_checkpoints
@@ -238,6 +239,118 @@ def run_cross_validation(
     atomic_write_text(exp / "RESULTS.md", cross_validation_table(recipe, results))
     print((exp / "RESULTS.md").read_text(encoding="utf-8"))
     return results
+
+
+@dataclass
+class FoldTuning:
+    """The out-of-fold grid: WER % of every (lm_weight, word_score) over all held-out hypotheses."""
+
+    best: dict[str, float]
+    best_wer: float
+    greedy_wer: float
+    words: int  # reference words scored per grid point (every held-out utterance, once per seed)
+    grid: list[tuple[float, float, float]]
+
+
+def tune_weights_by_folds(
+    name_or_dir: str,
+    out: str | Path,
+    data: str | Path | None = None,
+    folds: int = 5,
+    seeds: list[int] | None = None,
+    overrides: list[str] | None = None,
+    jobs: int = 1,
+    lm_weights: list[float] | None = None,
+    word_scores: list[float] | None = None,
+    cache_dir: str | Path | None = None,
+) -> FoldTuning:
+    """The beam search's LM weight and word score for a recipe that trains on train + dev, chosen on
+    held-out speakers: pool train + dev, split its speakers into `folds` groups, and for each group
+    and seed train the recipe's model on the other groups (OUT/fold<k>_seed<s>/, `jobs` at a time;
+    re-running resumes); then build each fold's LM and lexicon from its own training transcripts, beam
+    search its held-out utterances over the grid, and score all folds' hypotheses together.
+    Writes OUT/grid.tsv and the best settings to OUT/decode.toml; the recipe's [decode] takes them."""
+    import subprocess
+    from concurrent.futures import ThreadPoolExecutor
+
+    from asr.config import parse_override, to_toml
+    from asr.decode import best_grid_point, build_decoder, grid_hypotheses, load_model, manifest_emissions
+    from asr.lm import build_arpa, lexicon_words, read_lm_texts, write_lexicon
+    from asr.manifest import read_manifest, write_manifest
+    from asr.scoring import score
+
+    recipe = load_recipe(name_or_dir)
+    seeds = seeds or [recipe.config.train.seed]
+    overrides = overrides or []
+    for text in overrides:  # fail on a bad --set now, not in every fold's log
+        key, value = parse_override(text)
+        if key.startswith("recipe."):
+            set_recipe_value(recipe, key, value)
+        else:
+            set_value(recipe.config, key, value, where="--set")
+    if recipe.lm_order <= 0:
+        raise RecipeError(f"recipe {recipe.name} builds no LM (lm_order 0): there are no LM weights to tune")
+    exp = Path(out)
+    pooled_dir = exp / "data"
+    splits = [recipe.train_set, *([recipe.dev_set] if recipe.dev_set else [])]
+    if not all((pooled_dir / f"{s}.jsonl").exists() for s in splits):
+        report = prepare(recipe.corpus, Path(data) if data else download_corpus(recipe, cache_dir), pooled_dir)
+        _log(f"prepare: {report.summary()}")
+    pooled = [replace(u, audio=str(Path(u.audio).resolve())) for s in splits for u in read_manifest(pooled_dir / f"{s}.jsonl")]
+    speakers = sorted({u.speaker for u in pooled})
+    if any(not u.speaker for u in pooled) or not 2 <= folds <= len(speakers):
+        raise RecipeError(f"{pooled_dir}: {folds} speaker folds need a speaker on every utterance and 2..{len(speakers)} folds")
+    fold_of = {spk: i % folds for i, spk in enumerate(speakers)}
+
+    runs = []
+    for k in range(folds):
+        for seed in seeds:
+            run_dir = exp / f"fold{k}_seed{seed}"
+            if not (run_dir / "data" / "dev.jsonl").exists():
+                write_manifest(run_dir / "data" / "train.jsonl", [u for u in pooled if fold_of[u.speaker] != k])
+                write_manifest(run_dir / "data" / "dev.jsonl", [u for u in pooled if fold_of[u.speaker] == k])
+            runs.append((k, seed, run_dir))
+
+    def train_fold(k: int, seed: int, run_dir: Path) -> None:
+        sets = [*overrides, "recipe.train_on_dev=false", f"train.seed={seed}"]
+        cmd = [sys.executable, "-m", "asr", "recipe", "run", str(recipe.path), "--out", str(run_dir), "--stage", "2", "--stop-stage", "2"]
+        _log(f"fold {k} seed {seed}: training on {len(speakers) - sum(v == k for v in fold_of.values())} speakers (log: {run_dir / 'log.txt'})")
+        with open(run_dir / "log.txt", "w") as log:
+            rc = subprocess.run(cmd + [a for kv in sets for a in ("--set", kv)], stdout=log, stderr=subprocess.STDOUT).returncode
+        if rc != 0:
+            raise RecipeError(f"fold {k} seed {seed}: training failed (exit {rc}); see {run_dir / 'log.txt'}")
+
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        for f in [pool.submit(train_fold, *run) for run in runs]:
+            f.result()
+
+    weights = lm_weights or [0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0]
+    scores = word_scores or [-1.0, 0.0, 1.0, 2.0, 3.0, 4.0]
+    refs: dict[str, str] = {}
+    greedy: dict[str, str] = {}
+    hyps: dict[tuple[float, float], dict[str, str]] = {}
+    for k, seed, run_dir in runs:
+        lm_dir = exp / f"fold{k}" / "lm"
+        lm, lexicon = lm_dir / f"{recipe.lm_order}gram.arpa", lm_dir / "lexicon.txt"
+        model = load_model(run_dir / "model.pt")
+        if not lexicon.exists():
+            sentences = read_lm_texts(run_dir / "data" / "train.jsonl")
+            build_arpa(sentences, recipe.lm_order, lm)
+            write_lexicon(lexicon_words(sentences), model.tokenizer.tokens, lexicon)
+        fold_refs, emissions = manifest_emissions(model, run_dir / "data" / "dev.jsonl")
+        refs |= {f"{seed}/{uid}": text for uid, text in fold_refs.items()}
+        search = build_decoder(model, model.cfg.decode)
+        greedy |= {f"{seed}/{uid}": search(lp[None], torch.tensor([len(lp)]))[0][0].text for uid, lp in emissions.items()}
+        for point, texts in grid_hypotheses(model, emissions, lexicon, lm, weights, scores).items():
+            hyps.setdefault(point, {}).update({f"{seed}/{uid}": t for uid, t in texts.items()})
+        _log(f"fold {k} seed {seed}: {len(emissions)} held-out utterances searched over {len(weights) * len(scores)} grid points")
+    grid = [(w, ws, score(refs, h).wer) for (w, ws), h in hyps.items()]
+    w, ws, wer = best_grid_point(grid)
+    result = FoldTuning({"lm_weight": w, "word_score": ws}, wer, score(refs, greedy).wer, score(refs, greedy).ref_words, grid)
+    atomic_write_text(exp / "grid.tsv", "lm_weight\tword_score\twer\n" + "".join(f"{a}\t{b}\t{c:.2f}\n" for a, b, c in grid))
+    header = f"# asr recipe tune-weights {recipe.name}: {folds} speaker folds x seeds {seeds}, out-of-fold WER {wer:.2f}% (greedy {result.greedy_wer:.2f}%)\n"
+    atomic_write_text(exp / "decode.toml", header + to_toml({"decode": {"lm_weight": w, "word_score": ws}}))
+    return result
 
 
 def cross_validation_table(recipe: Recipe, results: dict[str, dict[str, dict]]) -> str:

@@ -279,15 +279,17 @@ def tune_decoder_cmd(
 
     if lm is None or lexicon is None:
         raise typer.BadParameter("tuning needs both --lm and --lexicon", param_hint="--lm/--lexicon")
-    try:
-        weights = [float(x) for x in lm_weights.split(",")]
-        scores = [float(x) for x in word_scores.split(",")]
-    except ValueError:
-        raise typer.BadParameter("expected comma-separated numbers", param_hint="--lm-weights/--word-scores") from None
-    result = tune_decoder(model, dev, lexicon, lm, weights, scores, out)
+    result = tune_decoder(model, dev, lexicon, lm, _numbers(lm_weights, "--lm-weights"), _numbers(word_scores, "--word-scores"), out)
     for w, ws, wer in result.grid:
         typer.echo(f"lm_weight {w:5.2f}  word_score {ws:5.2f}  WER {wer:6.2f}%")
     typer.echo(f"best: lm_weight {result.best['lm_weight']}, word_score {result.best['word_score']} (WER {result.best_wer:.2f}%) -> {out}")
+
+
+def _numbers(text: str, option: str, kind: type = float) -> list:
+    try:
+        return [kind(x) for x in text.split(",")]
+    except ValueError:
+        raise typer.BadParameter(f"expected comma-separated {'integers' if kind is int else 'numbers'}, got {text!r}", param_hint=option) from None
 
 
 @app.command("average")
@@ -347,6 +349,33 @@ def recipe_loso_cmd(
     from asr.recipe import run_cross_validation
 
     run_cross_validation(recipe, out, data=data, overrides=overrides)
+
+
+@recipe_app.command("tune-weights")
+def recipe_tune_weights_cmd(
+    recipe: Annotated[str, typer.Argument(help="Recipe name (an4) or a folder with config.toml.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Experiment directory: data/, fold<k>_seed<s>/, fold<k>/lm/, grid.tsv, decode.toml.")],
+    data: Annotated[Path | None, typer.Option(help="The corpus on disk; without it the recipe downloads it.")] = None,
+    folds: Annotated[int, typer.Option(help="Speaker folds of train + dev.")] = 5,
+    seeds: Annotated[str, typer.Option(help="Comma-separated training seeds; each fold trains once per seed.")] = "1",
+    jobs: Annotated[int, typer.Option(help="Fold trainings at a time (e.g. several on one GPU).")] = 1,
+    lm_weights: Annotated[str, typer.Option(help="Comma-separated LM weights to try.")] = "0,0.5,1,1.5,2,2.5,3",
+    word_scores: Annotated[str, typer.Option(help="Comma-separated word scores to try.")] = "-1,0,1,2,3,4",
+    overrides: RecipeOverrides = None,
+) -> None:
+    """Choose the LM weight and word score for a recipe that trains on train + dev: train one model
+    per speaker fold and seed, beam search each fold's held-out speakers with its own LM, and take the
+    grid point with the lowest WER over all of them (written to OUT/decode.toml; re-running resumes)."""
+    from asr.recipe import tune_weights_by_folds
+
+    result = tune_weights_by_folds(
+        recipe, out, data=data, folds=folds, seeds=_numbers(seeds, "--seeds", int), overrides=overrides, jobs=jobs,
+        lm_weights=_numbers(lm_weights, "--lm-weights"), word_scores=_numbers(word_scores, "--word-scores"),
+    )
+    for w, ws, wer in result.grid:
+        typer.echo(f"lm_weight {w:5.2f}  word_score {ws:5.2f}  WER {wer:6.2f}%")
+    typer.echo(f"greedy: WER {result.greedy_wer:.2f}% ({result.words} words, every held-out utterance once per seed)")
+    typer.echo(f"best: lm_weight {result.best['lm_weight']}, word_score {result.best['word_score']} (WER {result.best_wer:.2f}%) -> {out / 'decode.toml'}")
 
 
 @recipe_app.command("list")

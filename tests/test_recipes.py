@@ -207,3 +207,49 @@ def test_train_on_dev_trains_on_both_and_keeps_the_recipe_weights(tmp_path: Path
     cli = subprocess.run([sys.executable, "-m", "asr", "recipe", "run", str(recipe), "--out", str(held_out), "--set", "recipe.url=x"], capture_output=True, text=True, timeout=120)
     assert cli.returncode != 0 and "Traceback" not in cli.stderr
     assert cli.stderr.strip() == "error: --set: [recipe] key 'url' cannot be overridden (only train_on_dev, lm_order)"
+
+
+def test_tune_weights_by_folds_holds_each_speaker_out_once(tmp_path: Path) -> None:
+    """`asr recipe tune-weights`: each speaker of train + dev is held out by exactly one fold, whose
+    model and LM never saw it; the grid is scored over every held-out utterance, and re-running resumes."""
+    import subprocess
+    import sys
+
+    from asr.config import Config, load_decode_settings
+    from asr.manifest import read_manifest
+    from asr.recipe import RecipeError, tune_weights_by_folds
+    from tests.test_corpora import make_an4
+
+    src = make_an4(tmp_path / "an4")
+    recipe = tmp_path / "tiny"
+    recipe.mkdir()
+    text = (Path(__file__).resolve().parents[1] / "recipes" / "an4" / "config.toml").read_text()
+    for old, new in [("epochs = 80", "epochs = 1"), ("hidden = 256", "hidden = 8"), ("layers = 3", "layers = 1"), ("average_last = 10", "average_last = 1")]:
+        text = text.replace(old, new)
+    (recipe / "config.toml").write_text(text)
+    out = tmp_path / "folds"
+    fast = ["train.plots=false", "augment.speeds=[1.0]"]
+
+    result = tune_weights_by_folds(str(recipe), out, data=src, folds=3, seeds=[1], overrides=fast, jobs=2, lm_weights=[0.0, 1.0], word_scores=[0.0, 2.0])
+    held = [{u.speaker for u in read_manifest(out / f"fold{k}_seed1" / "data" / "dev.jsonl")} for k in range(3)]
+    trained = [{u.speaker for u in read_manifest(out / f"fold{k}_seed1" / "data" / "train.jsonl")} for k in range(3)]
+    assert sorted(s for h in held for s in h) == ["fash", "fbbh", "mblb"]  # each speaker held out once
+    assert all(not h & t and len(t) == 2 for h, t in zip(held, trained, strict=True))
+    for k in range(3):
+        arpa = (out / f"fold{k}" / "lm" / "3gram.arpa").read_text()
+        assert "ngram 1=" in arpa and (out / f"fold{k}_seed1" / "model.pt").exists()
+    assert result.words == 18  # 9 utterances of two words, each scored once
+    assert len(result.grid) == 4 and result.best_wer == min(g[2] for g in result.grid)
+    assert len((out / "grid.tsv").read_text().splitlines()) == 5
+    cfg = Config()
+    load_decode_settings(cfg.decode, out / "decode.toml")
+    assert (cfg.decode.lm_weight, cfg.decode.word_score) == (result.best["lm_weight"], result.best["word_score"])
+
+    stamp = (out / "fold0_seed1" / "model.pt").stat().st_mtime
+    tune_weights_by_folds(str(recipe), out, folds=3, seeds=[1], overrides=fast, lm_weights=[0.0], word_scores=[0.0])
+    assert (out / "fold0_seed1" / "model.pt").stat().st_mtime == stamp  # resumed, not retrained
+
+    with pytest.raises(RecipeError, match="2..3 folds"):
+        tune_weights_by_folds(str(recipe), out, folds=4)
+    cli = subprocess.run([sys.executable, "-m", "asr", "recipe", "tune-weights", str(recipe), "--out", str(out), "--folds", "4"], capture_output=True, text=True, timeout=120)
+    assert cli.returncode != 0 and "Traceback" not in cli.stderr and len(cli.stderr.strip().splitlines()) == 1
