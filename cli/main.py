@@ -31,6 +31,7 @@ RecipeOverrides = Annotated[
     list[str] | None,
     typer.Option("--set", help="Override a config value: section.key=value (repeatable); also recipe.train_on_dev, recipe.lm_order."),
 ]
+CorpusSource = Annotated[Path | None, typer.Option("--data", help="The corpus on disk; without it the recipe downloads it.")]
 Device = Annotated[str, typer.Option(help="auto (CUDA when present), cpu or cuda.")]
 Threads = Annotated[int, typer.Option(help="CPU threads for torch (0: torch's default).")]
 
@@ -324,7 +325,7 @@ def export_cmd(
 def recipe_run_cmd(
     recipe: Annotated[str, typer.Argument(help="Recipe name (yesno, an4, fsdd) or a folder with config.toml.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Experiment directory.")],
-    data: Annotated[Path | None, typer.Option(help="The corpus on disk; without it the recipe downloads it.")] = None,
+    data: CorpusSource = None,
     stage: Annotated[int, typer.Option(help="First stage: 1 prepare, 2 train, 3 lm, 4 decode, 5 score.")] = 1,
     stop_stage: Annotated[int, typer.Option(help="Last stage.")] = 5,
     overrides: RecipeOverrides = None,
@@ -341,7 +342,7 @@ def recipe_run_cmd(
 def recipe_loso_cmd(
     recipe: Annotated[str, typer.Argument(help="Recipe name (fsdd, yesno) or a folder with config.toml; it must have no dev split.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Experiment directory: data/, one folder per speaker, RESULTS.md.")],
-    data: Annotated[Path | None, typer.Option(help="The corpus on disk; without it the recipe downloads it.")] = None,
+    data: CorpusSource = None,
     overrides: Overrides = None,
 ) -> None:
     """Leave one speaker out: for each speaker, train on the others and test on it; a table of
@@ -355,7 +356,7 @@ def recipe_loso_cmd(
 def recipe_tune_weights_cmd(
     recipe: Annotated[str, typer.Argument(help="Recipe name (an4) or a folder with config.toml.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Experiment directory: data/, fold<k>_seed<s>/, fold<k>/lm/, grid.tsv, decode.toml.")],
-    data: Annotated[Path | None, typer.Option(help="The corpus on disk; without it the recipe downloads it.")] = None,
+    data: CorpusSource = None,
     folds: Annotated[int, typer.Option(help="Speaker folds of train + dev.")] = 5,
     seeds: Annotated[str, typer.Option(help="Comma-separated training seeds; each fold trains once per seed.")] = "1",
     jobs: Annotated[int, typer.Option(help="Fold trainings at a time (e.g. several on one GPU).")] = 1,
