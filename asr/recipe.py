@@ -301,6 +301,10 @@ def tune_weights_by_folds(
     if any(not u.speaker for u in pooled) or not 2 <= folds <= len(speakers):
         raise RecipeError(f"{pooled_dir}: {folds} speaker folds need a speaker on every utterance and 2..{len(speakers)} folds")
     fold_of = {spk: i % folds for i, spk in enumerate(speakers)}
+    split_file = exp / "folds.json"
+    if split_file.exists() and json.loads(split_file.read_text(encoding="utf-8")) != fold_of:
+        raise RecipeError(f"{exp}: already split into other folds ({split_file}); use another --out")
+    atomic_write_text(split_file, json.dumps(fold_of, indent=1) + "\n")
 
     runs = []
     for k in range(folds):
@@ -320,9 +324,12 @@ def tune_weights_by_folds(
         if rc != 0:
             raise RecipeError(f"fold {k} seed {seed}: training failed (exit {rc}); see {run_dir / 'log.txt'}")
 
-    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+    pool = ThreadPoolExecutor(max_workers=max(1, jobs))
+    try:
         for f in [pool.submit(train_fold, *run) for run in runs]:
             f.result()
+    finally:
+        pool.shutdown(cancel_futures=True)  # after a failure, start no more folds
 
     weights = lm_weights or [0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0]
     scores = word_scores or [-1.0, 0.0, 1.0, 2.0, 3.0, 4.0]
@@ -333,7 +340,7 @@ def tune_weights_by_folds(
         lm_dir = exp / f"fold{k}" / "lm"
         lm, lexicon = lm_dir / f"{recipe.lm_order}gram.arpa", lm_dir / "lexicon.txt"
         model = load_model(run_dir / "model.pt")
-        if not lexicon.exists():
+        if not (lm.exists() and lexicon.exists()):
             sentences = read_lm_texts(run_dir / "data" / "train.jsonl")
             build_arpa(sentences, recipe.lm_order, lm)
             write_lexicon(lexicon_words(sentences), model.tokenizer.tokens, lexicon)
@@ -346,7 +353,8 @@ def tune_weights_by_folds(
         _log(f"fold {k} seed {seed}: {len(emissions)} held-out utterances searched over {len(weights) * len(scores)} grid points")
     grid = [(w, ws, score(refs, h).wer) for (w, ws), h in hyps.items()]
     w, ws, wer = best_grid_point(grid)
-    result = FoldTuning({"lm_weight": w, "word_score": ws}, wer, score(refs, greedy).wer, score(refs, greedy).ref_words, grid)
+    greedy_score = score(refs, greedy)
+    result = FoldTuning({"lm_weight": w, "word_score": ws}, wer, greedy_score.wer, greedy_score.ref_words, grid)
     atomic_write_text(exp / "grid.tsv", "lm_weight\tword_score\twer\n" + "".join(f"{a}\t{b}\t{c:.2f}\n" for a, b, c in grid))
     header = f"# asr recipe tune-weights {recipe.name}: {folds} speaker folds x seeds {seeds}, out-of-fold WER {wer:.2f}% (greedy {result.greedy_wer:.2f}%)\n"
     atomic_write_text(exp / "decode.toml", header + to_toml({"decode": {"lm_weight": w, "word_score": ws}}))

@@ -251,5 +251,7 @@ def test_tune_weights_by_folds_holds_each_speaker_out_once(tmp_path: Path) -> No
 
     with pytest.raises(RecipeError, match="2..3 folds"):
         tune_weights_by_folds(str(recipe), out, folds=4)
+    with pytest.raises(RecipeError, match="already split into other folds"):
+        tune_weights_by_folds(str(recipe), out, folds=2)
     cli = subprocess.run([sys.executable, "-m", "asr", "recipe", "tune-weights", str(recipe), "--out", str(out), "--folds", "4"], capture_output=True, text=True, timeout=120)
     assert cli.returncode != 0 and "Traceback" not in cli.stderr and len(cli.stderr.strip().splitlines()) == 1
