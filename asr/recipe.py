@@ -10,6 +10,7 @@ import tarfile
 import tomllib
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -104,16 +105,10 @@ def run_recipe(
     Stages: 1 prepare, 2 train, 3 lm (n-gram LM and lexicon from the training transcripts,
     weights tuned on dev unless the recipe trains on dev), 4 decode every test set (greedy, and beam search with the LM),
     5 score. A stage whose outputs are complete is skipped."""
-    from asr.config import parse_override
 
     recipe = load_recipe(name_or_dir)
     cfg = recipe.config
-    for text in overrides or []:
-        key, value = parse_override(text)
-        if key.startswith("recipe."):
-            set_recipe_value(recipe, key, value)
-        else:
-            set_value(cfg, key, value, where="--set")
+    apply_overrides(recipe, overrides or [])
     exp = Path(out)
     data_dir, train_dir, lm_dir, model_path = exp / "data", exp / "train", exp / "lm", exp / "model.pt"
     train_manifest = data_dir / recipe.training_manifest
@@ -273,21 +268,15 @@ def tune_weights_by_folds(
     import subprocess
     from concurrent.futures import ThreadPoolExecutor
 
-    from asr.config import parse_override, to_toml
+    from asr.config import to_toml
     from asr.decode import best_grid_point, build_decoder, grid_hypotheses, load_model, manifest_emissions
-    from asr.lm import build_arpa, lexicon_words, read_lm_texts, write_lexicon
     from asr.manifest import read_manifest, write_manifest
     from asr.scoring import score
 
     recipe = load_recipe(name_or_dir)
     seeds = seeds or [recipe.config.train.seed]
     overrides = overrides or []
-    for text in overrides:  # fail on a bad --set now, not in every fold's log
-        key, value = parse_override(text)
-        if key.startswith("recipe."):
-            set_recipe_value(recipe, key, value)
-        else:
-            set_value(recipe.config, key, value, where="--set")
+    apply_overrides(recipe, overrides)  # a bad --set fails here, not in every fold's log
     if recipe.lm_order <= 0:
         raise RecipeError(f"recipe {recipe.name} builds no LM (lm_order 0): there are no LM weights to tune")
     exp = Path(out)
@@ -341,9 +330,7 @@ def tune_weights_by_folds(
         lm, lexicon = lm_dir / f"{recipe.lm_order}gram.arpa", lm_dir / "lexicon.txt"
         model = load_model(run_dir / "model.pt")
         if not (lm.exists() and lexicon.exists()):
-            sentences = read_lm_texts(run_dir / "data" / "train.jsonl")
-            build_arpa(sentences, recipe.lm_order, lm)
-            write_lexicon(lexicon_words(sentences), model.tokenizer.tokens, lexicon)
+            _write_lm(run_dir / "data" / "train.jsonl", recipe.lm_order, model.tokenizer.tokens, lm, lexicon)
         fold_refs, emissions = manifest_emissions(model, run_dir / "data" / "dev.jsonl")
         refs |= {f"{seed}/{uid}": text for uid, text in fold_refs.items()}
         search = build_decoder(model, model.cfg.decode)
@@ -408,16 +395,22 @@ def _hyp_paths(recipe: Recipe, exp: Path, test_set: str) -> dict[str, Path]:
 def _build_lm(recipe: Recipe, data_dir: Path, model_path: Path, files: dict[str, Path]) -> None:
     """The n-gram LM and lexicon from the training transcripts; LM weight and word score tuned on dev when the recipe holds dev out."""
     from asr.decode import load_model, tune_decoder
-    from asr.lm import build_arpa, lexicon_words, read_lm_texts, write_lexicon
 
-    sentences = read_lm_texts(data_dir / recipe.training_manifest)
-    stats = build_arpa(sentences, recipe.lm_order, files["lm"])
     model = load_model(model_path)
-    written, skipped = write_lexicon(lexicon_words(sentences), model.tokenizer.tokens, files["lexicon"])
-    _log(f"stage 3 (lm): {stats.order}-gram from {len(sentences)} sentences -> {files['lm']}; lexicon {written} words ({len(skipped)} unspellable)")
+    _log("stage 3 (lm): " + _write_lm(data_dir / recipe.training_manifest, recipe.lm_order, model.tokenizer.tokens, files["lm"], files["lexicon"]))
     if recipe.tunes_on_dev:
         tuned = tune_decoder(model, data_dir / f"{recipe.dev_set}.jsonl", files["lexicon"], files["lm"], out=files["decode"])
         _log(f"stage 3 (lm): tuned on {recipe.dev_set}: lm_weight {tuned.best['lm_weight']}, word_score {tuned.best['word_score']} (dev WER {tuned.best_wer:.2f}%)")
+
+
+def _write_lm(manifest: Path, order: int, tokens: Sequence[str], lm: Path, lexicon: Path) -> str:
+    """The word n-gram LM and the lexicon from a manifest's transcripts; returns what was built, in words."""
+    from asr.lm import build_arpa, lexicon_words, read_lm_texts, write_lexicon
+
+    sentences = read_lm_texts(manifest)
+    stats = build_arpa(sentences, order, lm)
+    written, skipped = write_lexicon(lexicon_words(sentences), tokens, lexicon)
+    return f"{stats.order}-gram from {len(sentences)} sentences -> {lm}; lexicon {written} words ({len(skipped)} unspellable)"
 
 
 def results_table(recipe: Recipe, exp: Path, results: dict[str, dict]) -> str:
@@ -445,6 +438,18 @@ def results_table(recipe: Recipe, exp: Path, results: dict[str, dict]) -> str:
             f"{r['substitutions']} | {r['deletions']} | {r['insertions']} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def apply_overrides(recipe: Recipe, overrides: list[str]) -> None:
+    """`--set section.key=value` on the recipe's config, and `--set recipe.key=value` on the recipe."""
+    from asr.config import parse_override
+
+    for text in overrides:
+        key, value = parse_override(text)
+        if key.startswith("recipe."):
+            set_recipe_value(recipe, key, value)
+        else:
+            set_value(recipe.config, key, value, where="--set")
 
 
 def set_recipe_value(recipe: Recipe, dotted: str, value: object) -> None:

@@ -159,6 +159,17 @@ def test_leave_one_speaker_out_on_a_generated_fsdd(tmp_path: Path) -> None:
         run_cross_validation("an4", tmp_path / "x")
 
 
+def tiny_an4_recipe(folder: Path) -> Path:
+    """The AN4 recipe's config.toml with a one-epoch, 1 x 8 model: the recipe's logic, seconds to train."""
+    folder.mkdir()
+    text = (Path(__file__).resolve().parents[1] / "recipes" / "an4" / "config.toml").read_text()
+    for old, new in [("epochs = 80", "epochs = 1"), ("hidden = 256", "hidden = 8"), ("layers = 3", "layers = 1"), ("average_last = 10", "average_last = 1")]:
+        assert old in text
+        text = text.replace(old, new)
+    (folder / "config.toml").write_text(text)
+    return folder
+
+
 def test_train_on_dev_trains_on_both_and_keeps_the_recipe_weights(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """`train_on_dev = true`: the final model trains on train + dev, dev is no longer scored during
     training nor used to tune the LM weights (they come from [decode]); `--set recipe.train_on_dev=false`
@@ -168,13 +179,7 @@ def test_train_on_dev_trains_on_both_and_keeps_the_recipe_weights(tmp_path: Path
     from tests.test_corpora import make_an4
 
     src = make_an4(tmp_path / "an4")
-    recipe = tmp_path / "tiny"
-    recipe.mkdir()
-    text = (Path(__file__).resolve().parents[1] / "recipes" / "an4" / "config.toml").read_text()
-    for old, new in [("epochs = 80", "epochs = 1"), ("hidden = 256", "hidden = 8"), ("layers = 3", "layers = 1"), ("average_last = 10", "average_last = 1")]:
-        assert old in text
-        text = text.replace(old, new)
-    (recipe / "config.toml").write_text(text)
+    recipe = tiny_an4_recipe(tmp_path / "tiny")
     assert load_recipe(str(recipe)).train_on_dev
     fast = ["train.plots=false", "augment.speeds=[1.0]"]
 
@@ -221,12 +226,7 @@ def test_tune_weights_by_folds_holds_each_speaker_out_once(tmp_path: Path) -> No
     from tests.test_corpora import make_an4
 
     src = make_an4(tmp_path / "an4")
-    recipe = tmp_path / "tiny"
-    recipe.mkdir()
-    text = (Path(__file__).resolve().parents[1] / "recipes" / "an4" / "config.toml").read_text()
-    for old, new in [("epochs = 80", "epochs = 1"), ("hidden = 256", "hidden = 8"), ("layers = 3", "layers = 1"), ("average_last = 10", "average_last = 1")]:
-        text = text.replace(old, new)
-    (recipe / "config.toml").write_text(text)
+    recipe = tiny_an4_recipe(tmp_path / "tiny")
     out = tmp_path / "folds"
     fast = ["train.plots=false", "augment.speeds=[1.0]"]
 
