@@ -591,20 +591,24 @@ class PeakMemory:
 
     def __init__(self, interval: float = 0.05):
         self.peak = self.run_peak = _rss_mb()
+        # A sample read before a restart must not land after it, or one epoch's peak leaks into the next.
+        self._lock = threading.Lock()
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._sample, args=(interval,), daemon=True, name="peak-memory")
         self._thread.start()
 
     def _sample(self, interval: float) -> None:
         while not self._done.wait(interval):
-            self.peak = max(self.peak, _rss_mb())
+            with self._lock:
+                self.peak = max(self.peak, _rss_mb())
 
     def restart(self) -> int:
         """The peak since the last restart (MB); a new one starts from the memory now.
         `run_peak` keeps the highest of them."""
-        now = _rss_mb()
-        peak, self.peak = max(self.peak, now), now
-        self.run_peak = max(self.run_peak, peak)
+        with self._lock:
+            now = _rss_mb()
+            peak, self.peak = max(self.peak, now), now
+            self.run_peak = max(self.run_peak, peak)
         return peak
 
     def __enter__(self) -> PeakMemory:
