@@ -27,6 +27,9 @@ class FeatureConfig:
     n_mfcc: int = 40
     win_ms: float = 25.0
     hop_ms: float = 10.0
+    # Mean normalisation: "global" (the training set's mean and variance) or "utterance" (each
+    # utterance's own mean removed first, Kaldi's per-utterance apply-cmvn; then the global variance).
+    cmvn: str = "global"
 
 
 @dataclass
@@ -43,6 +46,7 @@ class AugmentConfig:
     speeds: list[float] = field(default_factory=lambda: [1.0])
 
 
+CMVN_KINDS = ("global", "utterance")
 MODEL_KINDS = ("blstm", "lstm", "bgru", "gru", "brnn", "rnn", "mlp")
 
 
@@ -153,6 +157,8 @@ def set_value(cfg: Config, dotted: str, value: Any, where: str = "config") -> No
     value = _coerce(value, types[key], f"{where}: {dotted}")
     if dotted == "model.kind" and value not in MODEL_KINDS:
         raise ConfigError(f"{where}: model.kind must be one of {', '.join(MODEL_KINDS)}, got {value!r}")
+    if dotted == "features.cmvn" and value not in CMVN_KINDS:
+        raise ConfigError(f"{where}: features.cmvn must be one of {', '.join(CMVN_KINDS)}, got {value!r}")
     setattr(obj, key, value)
 
 

@@ -83,7 +83,8 @@ def load_features(manifest: str | Path, utts: list[Utterance], cfg: FeatureConfi
     """Features for a manifest, cached in `<manifest dir>/.feats/`; the cache key covers the
     manifest's content, the feature configuration and the speed, so a change to any recomputes."""
     manifest = Path(manifest)
-    keyed = [[asdict(u) for u in utts], asdict(cfg)] + ([speed] if speed != 1.0 else [])
+    settings = {k: v for k, v in asdict(cfg).items() if k != "cmvn"}  # applied after the cache
+    keyed = [[asdict(u) for u in utts], settings] + ([speed] if speed != 1.0 else [])
     key = hashlib.sha1(json.dumps(keyed, sort_keys=True).encode()).hexdigest()[:16]
     base = manifest.parent / ".feats" / f"{manifest.stem}-{key}"
     if cache and base.with_suffix(".json").exists():

@@ -1,4 +1,4 @@
-"""Acoustic features: log-mel filterbank or MFCC, global mean/variance normalisation, SpecAugment."""
+"""Acoustic features: log-mel filterbank or MFCC, mean/variance normalisation, SpecAugment."""
 
 from __future__ import annotations
 
@@ -67,29 +67,40 @@ def one_thread() -> Iterator[None]:
 
 
 class Normalizer(nn.Module):
-    """Global mean/variance normalisation with statistics of the training set."""
+    """Mean/variance normalisation with statistics of the training set; with `per_utterance`, each
+    utterance's own mean is removed first and the statistics are those of the mean-removed features."""
 
-    def __init__(self, mean: torch.Tensor, std: torch.Tensor):
+    def __init__(self, mean: torch.Tensor, std: torch.Tensor, per_utterance: bool = False):
         super().__init__()
         self.register_buffer("mean", mean.float())
         self.register_buffer("std", std.float())
+        self.per_utterance = per_utterance
 
     @classmethod
-    def fit(cls, features: list[torch.Tensor]) -> Normalizer:
+    def fit(cls, features: list[torch.Tensor], per_utterance: bool = False) -> Normalizer:
+        if per_utterance:
+            features = [f.double() - f.double().mean(0) for f in features]
         total = sum(f.shape[0] for f in features)
         s = sum(f.double().sum(0) for f in features)
         sq = sum((f.double() ** 2).sum(0) for f in features)
         mean = s / total
         std = (sq / total - mean**2).clamp_min(1e-10).sqrt()
-        return cls(mean, std)
+        return cls(mean, std, per_utterance)
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         """Normalise (…, T, D) features; with `lengths`, frames past each length (padding) are set
         to zero, as if each utterance were normalised alone and then padded."""
-        x = (x - self.mean) / self.std
+        real = None
         if lengths is not None:
-            real = torch.arange(x.shape[-2], device=x.device)[None, :] < lengths.to(x.device)[:, None]
-            x = x * real[:, :, None].to(x.dtype)
+            real = (torch.arange(x.shape[-2], device=x.device)[None, :] < lengths.to(x.device)[:, None])[:, :, None]
+        if self.per_utterance:
+            if real is None:
+                x = x - x.mean(-2, keepdim=True)
+            else:
+                x = x - (x * real).sum(-2, keepdim=True) / real.sum(-2, keepdim=True).clamp_min(1)
+        x = (x - self.mean) / self.std
+        if real is not None:
+            x = x * real.to(x.dtype)
         return x
 
 

@@ -32,6 +32,7 @@ def test_toml_round_trip() -> None:
         ("[model]\nhidden = 'big'\n", "model.hidden must be int"),
         ("[train]\nlr = true\n", "train.lr must be float"),
         ("[model\n", "not valid TOML"),
+        ("[features]\ncmvn = 'speaker'\n", "features.cmvn must be one of global, utterance"),
     ],
 )
 def test_errors_name_the_key(tmp_path: Path, text: str, message: str) -> None:

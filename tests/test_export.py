@@ -111,6 +111,25 @@ def test_recognizer_log_probs_normalises_each_utterance_then_pads(rec: Recognize
 
 
 @pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
+def test_export_keeps_per_utterance_mean_normalisation(fmt: str, ckpt: Path, tmp_path: Path, batch) -> None:
+    _needs_runtime(fmt)
+    payload = torch.load(ckpt, weights_only=True)
+    payload["config"]["features"]["cmvn"] = "utterance"
+    path = tmp_path / "utt.pt"
+    torch.save(payload, path)
+    rec = Recognizer.from_checkpoint(path)
+    assert rec.normalizer.per_utterance
+    _, x, lengths = batch
+    model = _load(export(path, tmp_path / f"utt{SUFFIXES[fmt]}", fmt))  # traced at one length, run at others
+    want, want_lengths = rec.log_probs(x, lengths)
+    got, got_lengths = model.log_probs(x, lengths)
+    assert torch.equal(got_lengths, want_lengths)
+    assert (_valid(got, got_lengths) - _valid(want, want_lengths)).abs().max() < 1e-4
+    shifted, _ = model.log_probs(x + 3.0, lengths)  # a gain on every real frame and the padding
+    assert (_valid(shifted, got_lengths) - _valid(got, got_lengths)).abs().max() < 1e-4
+
+
+@pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
 def test_fp32_export_matches_checkpoint(fmt: str, exported, rec: Recognizer, batch) -> None:
     _, x, lengths = batch
     model = _load(exported(fmt, None))

@@ -28,6 +28,23 @@ def test_normalizer_fits_training_statistics() -> None:
     assert torch.allclose(z.std(0, unbiased=False), torch.ones(4), atol=1e-4)
 
 
+def test_per_utterance_normalizer_removes_each_utterance_mean() -> None:
+    gen = torch.Generator().manual_seed(0)
+    feats = [torch.randn(50, 4, generator=gen) * 3 + 2, torch.randn(70, 4, generator=gen) * 3 - 4]
+    norm = Normalizer.fit(feats, per_utterance=True)
+    for f in feats:
+        assert torch.allclose(norm(f).mean(0), torch.zeros(4), atol=1e-5)
+        assert torch.allclose(norm(f + 7.5), norm(f), atol=1e-5)  # a constant channel gain is gone
+    assert not torch.allclose(Normalizer.fit(feats)(feats[1]), norm(feats[1]), atol=0.1)  # unlike global
+    # Padded into a batch, each utterance gets its own mean, over its real frames only.
+    x = torch.zeros(2, 70, 4)
+    x[0, :50], x[1] = feats[0], feats[1]
+    x[0, 50:] = 100.0  # padding must not leak into the mean
+    z = norm(x, torch.tensor([50, 70]))
+    assert torch.allclose(z[0, :50], norm(feats[0]), atol=1e-5) and torch.allclose(z[1], norm(feats[1]), atol=1e-5)
+    assert z[0, 50:].eq(0).all()
+
+
 def test_spec_augment_masks_only_within_length() -> None:
     x = torch.ones(2, 100, 20)
     lengths = torch.tensor([100, 50])
