@@ -75,7 +75,7 @@ class Recognizer:
         try:
             cfg = Config.from_dict(ckpt["config"], where=f"{path} config")
             tokenizer = Tokenizer(tuple(ckpt["tokens"]))
-            normalizer = Normalizer(ckpt["normalizer"]["mean"], ckpt["normalizer"]["std"], cfg.features.cmvn == "utterance")
+            normalizer = Normalizer.from_checkpoint(ckpt["normalizer"], cfg.features)
             extractor = FeatureExtractor(cfg.features)
             model = CTCModel(extractor.dim, len(tokenizer), cfg.model)
             model.load_state_dict(ckpt["model"])

@@ -78,14 +78,20 @@ class Normalizer(nn.Module):
 
     @classmethod
     def fit(cls, features: list[torch.Tensor], per_utterance: bool = False) -> Normalizer:
-        if per_utterance:
-            features = [f.double() - f.double().mean(0) for f in features]
-        total = sum(f.shape[0] for f in features)
-        s = sum(f.double().sum(0) for f in features)
-        sq = sum((f.double() ** 2).sum(0) for f in features)
+        total, s, sq = 0, 0, 0
+        for f in features:
+            f = f.double()
+            if per_utterance:
+                f = f - f.mean(0)
+            total, s, sq = total + f.shape[0], s + f.sum(0), sq + (f**2).sum(0)
         mean = s / total
         std = (sq / total - mean**2).clamp_min(1e-10).sqrt()
         return cls(mean, std, per_utterance)
+
+    @classmethod
+    def from_checkpoint(cls, state: dict[str, torch.Tensor], cfg: FeatureConfig) -> Normalizer:
+        """The normaliser saved in a checkpoint (its `normalizer` entry), with the feature settings saved beside it."""
+        return cls(state["mean"], state["std"], per_utterance=cfg.cmvn == "utterance")
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         """Normalise (…, T, D) features; with `lengths`, frames past each length (padding) are set

@@ -20,7 +20,7 @@ from tqdm import tqdm
 from asr.checkpoint import average_checkpoints, epoch_checkpoints
 from asr.config import Config, ConfigError, set_value
 from asr.corpora import prepare
-from asr.decode import decode_manifest
+from asr.decode import TuneResult, decode_manifest
 from asr.fileio import atomic_write_text
 from asr.scoring import score_files
 from asr.train import export_model, last_metrics, train, training_complete
@@ -105,7 +105,6 @@ def run_recipe(
     Stages: 1 prepare, 2 train, 3 lm (n-gram LM and lexicon from the training transcripts,
     weights tuned on dev unless the recipe trains on dev), 4 decode every test set (greedy, and beam search with the LM),
     5 score. A stage whose outputs are complete is skipped."""
-
     recipe = load_recipe(name_or_dir)
     cfg = recipe.config
     apply_overrides(recipe, overrides or [])
@@ -237,14 +236,11 @@ def run_cross_validation(
 
 
 @dataclass
-class FoldTuning:
+class FoldTuning(TuneResult):
     """The out-of-fold grid: WER % of every (lm_weight, word_score) over all held-out hypotheses."""
 
-    best: dict[str, float]
-    best_wer: float
     greedy_wer: float
     words: int  # reference words scored per grid point (every held-out utterance, once per seed)
-    grid: list[tuple[float, float, float]]
 
 
 def tune_weights_by_folds(
@@ -341,7 +337,7 @@ def tune_weights_by_folds(
     grid = [(w, ws, score(refs, h).wer) for (w, ws), h in hyps.items()]
     w, ws, wer = best_grid_point(grid)
     greedy_score = score(refs, greedy)
-    result = FoldTuning({"lm_weight": w, "word_score": ws}, wer, greedy_score.wer, greedy_score.ref_words, grid)
+    result = FoldTuning({"lm_weight": w, "word_score": ws}, wer, grid, greedy_wer=greedy_score.wer, words=greedy_score.ref_words)
     atomic_write_text(exp / "grid.tsv", "lm_weight\tword_score\twer\n" + "".join(f"{a}\t{b}\t{c:.2f}\n" for a, b, c in grid))
     header = f"# asr recipe tune-weights {recipe.name}: {folds} speaker folds x seeds {seeds}, out-of-fold WER {wer:.2f}% (greedy {result.greedy_wer:.2f}%)\n"
     atomic_write_text(exp / "decode.toml", header + to_toml({"decode": {"lm_weight": w, "word_score": ws}}))

@@ -295,10 +295,9 @@ def _train(cfg: Config, exp: Path, stop: StopRequest, device: torch.device, rank
         ranks.barrier()
 
     if resume:
-        normalizer = Normalizer(resume["normalizer"]["mean"], resume["normalizer"]["std"], cfg.features.cmvn == "utterance")
+        normalizer = Normalizer.from_checkpoint(resume["normalizer"], cfg.features)
     else:
-        entries = train_data.epoch_entries(None)
-        normalizer = Normalizer.fit([train_data.features[i] for i in entries], cfg.features.cmvn == "utterance")
+        normalizer = Normalizer.fit([train_data.features[i] for i in train_data.epoch_entries(None)], cfg.features.cmvn == "utterance")
     dim = FeatureExtractor(cfg.features).dim
     model = CTCModel(dim, len(tokenizer), cfg.model)
     if resume:

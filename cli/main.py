@@ -281,8 +281,15 @@ def tune_decoder_cmd(
     if lm is None or lexicon is None:
         raise typer.BadParameter("tuning needs both --lm and --lexicon", param_hint="--lm/--lexicon")
     result = tune_decoder(model, dev, lexicon, lm, _numbers(lm_weights, "--lm-weights"), _numbers(word_scores, "--word-scores"), out)
+    _echo_grid(result, out)
+
+
+def _echo_grid(result, out: Path | None, greedy: str = "") -> None:
+    """One line per grid point, then the best (a TuneResult)."""
     for w, ws, wer in result.grid:
         typer.echo(f"lm_weight {w:5.2f}  word_score {ws:5.2f}  WER {wer:6.2f}%")
+    if greedy:
+        typer.echo(greedy)
     typer.echo(f"best: lm_weight {result.best['lm_weight']}, word_score {result.best['word_score']} (WER {result.best_wer:.2f}%) -> {out}")
 
 
@@ -373,10 +380,7 @@ def recipe_tune_weights_cmd(
         recipe, out, data=data, folds=folds, seeds=_numbers(seeds, "--seeds", int), overrides=overrides, jobs=jobs,
         lm_weights=_numbers(lm_weights, "--lm-weights"), word_scores=_numbers(word_scores, "--word-scores"),
     )
-    for w, ws, wer in result.grid:
-        typer.echo(f"lm_weight {w:5.2f}  word_score {ws:5.2f}  WER {wer:6.2f}%")
-    typer.echo(f"greedy: WER {result.greedy_wer:.2f}% ({result.words} words, every held-out utterance once per seed)")
-    typer.echo(f"best: lm_weight {result.best['lm_weight']}, word_score {result.best['word_score']} (WER {result.best_wer:.2f}%) -> {out / 'decode.toml'}")
+    _echo_grid(result, out / "decode.toml", f"greedy: WER {result.greedy_wer:.2f}% ({result.words} words, every held-out utterance once per seed)")
 
 
 @recipe_app.command("list")
