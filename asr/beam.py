@@ -24,7 +24,8 @@ class Hypothesis:
 
 class BeamSearch:
     """Lexicon-constrained (with `lexicon`) or lexicon-free beam search, with an optional KenLM
-    (ARPA or binary) weighted by `lm_weight`, plus `word_score` per word."""
+    (ARPA or binary) weighted by `lm_weight`, plus `word_score` per word. With several
+    `cfg.speeds`, `rescore_views` combines the searches of one utterance's speed views."""
 
     def __init__(self, tokenizer: Tokenizer, cfg: DecodeConfig, lexicon: str | Path | None = None, lm: str | Path | None = None, nbest: int = 1):
         from torchaudio.models.decoder import ctc_decoder
@@ -35,13 +36,17 @@ class BeamSearch:
         if lm is not None and lexicon is None:
             raise DecoderError(f"{lm}: a word language model needs a lexicon (asr lm lexicon)")
         self.tokenizer = tokenizer
+        self.cfg = cfg
         self.nbest = nbest
+        self.speeds = list(cfg.speeds)
+        self.lm_path = lm
+        self._kenlm = None
         try:
             self.decoder = ctc_decoder(
                 lexicon=str(lexicon) if lexicon else None,
                 tokens=list(tokenizer.tokens),
                 lm=str(lm) if lm else None,
-                nbest=nbest,
+                nbest=max(nbest, cfg.view_nbest) if len(self.speeds) > 1 else nbest,
                 beam_size=cfg.beam_size,
                 beam_threshold=cfg.beam_threshold,
                 lm_weight=cfg.lm_weight,
@@ -71,6 +76,55 @@ class BeamSearch:
                 utt.append(Hypothesis(text, float(h.score), ids))
             out.append(utt or [Hypothesis("", float("-inf"), [])])
         return out
+
+
+    def rescore_views(self, views: list[torch.Tensor]) -> list[Hypothesis]:
+        """One utterance's log-probabilities (frames, tokens) at each of `speeds` -> its n best.
+
+        Every view is searched; the pooled hypotheses are scored by their CTC log-likelihood
+        (summed over alignments) averaged over the views, plus the LM and word scores, as the
+        search scores its own paths. Views of one recording err in different places, so the
+        mean is a small ensemble from one model."""
+        pooled = {h.text: h for lp in views for h in self(lp[None], torch.tensor([len(lp)]))[0] if h.score > float("-inf")}
+        if not pooled:
+            return [Hypothesis("", float("-inf"), [])]
+        texts = list(pooled)
+        targets = [self.tokenizer.encode(t) for t in texts]
+        am = torch.stack([ctc_log_likelihoods(lp, targets, self.tokenizer.tokens.index(WORD_BOUNDARY)) for lp in views]).mean(0)
+        scored = [
+            Hypothesis(t, float(a) + self.cfg.lm_weight * self.lm_log10(t) + self.cfg.word_score * len(t.split()), pooled[t].token_ids)
+            for t, a in zip(texts, am, strict=True)
+        ]
+        return sorted(scored, key=lambda h: -h.score)[: self.nbest]
+
+    def lm_log10(self, text: str) -> float:
+        """The LM's log10 probability of a sentence, as the search adds it (0 without an LM)."""
+        if self.lm_path is None:
+            return 0.0
+        if self._kenlm is None:
+            from flashlight.lib.text.decoder import KenLM
+
+            self._kenlm = KenLM(str(self.lm_path), self.decoder.word_dict)
+        words = self.decoder.word_dict
+        state, total = self._kenlm.start(False), 0.0
+        for w in text.split():
+            state, s = self._kenlm.score(state, words.get_index(w))
+            total += s
+        return total + self._kenlm.finish(state)[1]
+
+
+def ctc_log_likelihoods(log_probs: torch.Tensor, targets: list[list[int]], boundary: int) -> torch.Tensor:
+    """log P(target | log_probs) over all CTC alignments for each target (token ids, words joined
+    by `boundary`), scored as the beam search reads them: with a closing boundary frame after the
+    utterance and an optional boundary before the first word (the better of the two counts)."""
+    emissions, lengths = _end_with_boundary(log_probs[None].float(), torch.tensor([len(log_probs)]), boundary)
+    variants = [[*t, boundary] for t in targets] + [[boundary, *t, boundary] if t else [boundary] for t in targets]
+    padded = torch.zeros(len(variants), max(len(v) for v in variants), dtype=torch.long)
+    for i, v in enumerate(variants):
+        padded[i, : len(v)] = torch.tensor(v)
+    frames = emissions[0][:, None].expand(-1, len(variants), -1)
+    nll = torch.nn.functional.ctc_loss(frames, padded, lengths.expand(len(variants)), torch.tensor([len(v) for v in variants]), blank=0, reduction="none")
+    return -nll.view(2, len(targets)).min(0).values
 
 
 def _end_with_boundary(log_probs: torch.Tensor, lengths: torch.Tensor, boundary: int) -> tuple[torch.Tensor, torch.Tensor]:

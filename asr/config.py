@@ -108,6 +108,11 @@ class DecodeConfig:
     beam_threshold: float = 25.0
     lm_weight: float = 2.0
     word_score: float = 0.0
+    # Test-time speed perturbation for the beam search: each utterance is also searched played at
+    # these speeds (1.0 among them), every view's n best are pooled, and each candidate is rescored
+    # by its CTC log-likelihood averaged over the views, plus the LM and word scores. [1.0]: off.
+    speeds: list[float] = field(default_factory=lambda: [1.0])
+    view_nbest: int = 10  # hypotheses taken from each view's search
 
 
 @dataclass
@@ -159,6 +164,10 @@ def set_value(cfg: Config, dotted: str, value: Any, where: str = "config") -> No
         raise ConfigError(f"{where}: model.kind must be one of {', '.join(MODEL_KINDS)}, got {value!r}")
     if dotted == "features.cmvn" and value not in CMVN_KINDS:
         raise ConfigError(f"{where}: features.cmvn must be one of {', '.join(CMVN_KINDS)}, got {value!r}")
+    if dotted == "decode.speeds" and (1.0 not in value or len(set(value)) < len(value) or any(not 0.5 <= v <= 2.0 for v in value)):
+        raise ConfigError(f"{where}: decode.speeds must be distinct factors between 0.5 and 2.0, 1.0 among them, got {value}")
+    if dotted == "decode.view_nbest" and value < 1:
+        raise ConfigError(f"{where}: decode.view_nbest must be at least 1, got {value}")
     setattr(obj, key, value)
 
 

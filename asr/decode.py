@@ -19,7 +19,7 @@ from tqdm import tqdm
 from asr.audio import AUDIO_EXTENSIONS, AudioError, audio_info, load_audio
 from asr.beam import Hypothesis, build_decoder
 from asr.checkpoint import Recognizer
-from asr.data import bucket_batches, pad_batch
+from asr.data import bucket_batches, pad_batch, speed_perturb
 from asr.features import one_thread
 from asr.manifest import read_manifest, write_jsonl
 
@@ -56,18 +56,35 @@ def decode_items(
     """Decode (key, audio path) pairs in length-bucketed batches; unreadable audio yields
     a Decoded with `hyps=None` and the reason."""
     decoder = decoder or build_decoder(model, model.cfg.decode)
+    speeds = getattr(decoder, "speeds", [1.0])  # test-time speed views (BeamSearch.rescore_views)
     sr = model.cfg.features.sample_rate
-    feats: dict[str, torch.Tensor] = {}
+    feats: dict[str, list[torch.Tensor]] = {}
     failed = []
     with one_thread():
         for key, path in tqdm(items, desc="features", unit="utt", leave=False, disable=None if progress else True):
             try:
-                feats[key] = model.extractor(torch.from_numpy(load_audio(path, sr)))
+                wav = load_audio(path, sr)
             except AudioError as e:
                 failed.append(Decoded(key, None, e.reason))
+                continue
+            feats[key] = [model.extractor(torch.from_numpy(speed_perturb(wav, sr, s))) for s in speeds]
     yield from failed
     keys = list(feats)
-    yield from _decode_features(model, keys, [feats[k] for k in keys], decoder, batch_frames or model.cfg.decode.batch_frames, keep_log_probs, progress)
+    batch_frames = batch_frames or model.cfg.decode.batch_frames
+    if len(speeds) == 1:
+        yield from _decode_features(model, keys, [feats[k][0] for k in keys], decoder, batch_frames, keep_log_probs, progress)
+        return
+    views: dict[str, list[torch.Tensor]] = {k: [] for k in keys}
+    for v in range(len(speeds)):
+        for d in _decode_features(model, keys, [feats[k][v] for k in keys], _no_search, batch_frames, True, progress):
+            views[d.key].append(d.log_probs)
+    plain = speeds.index(1.0)
+    for k in keys:
+        yield Decoded(k, decoder.rescore_views(views[k]), log_probs=views[k][plain] if keep_log_probs else None)
+
+
+def _no_search(log_probs: torch.Tensor, lengths: torch.Tensor) -> list[list[Hypothesis]]:
+    return [[] for _ in range(len(lengths))]
 
 
 def _decode_features(model: Any, keys: list[str], feats: list[torch.Tensor], decoder: Decoder, batch_frames: int, keep_log_probs: bool, progress: bool) -> Iterator[Decoded]:
@@ -200,10 +217,14 @@ def _transcribe_long(model: Any, path: str, decoder: Decoder, timestamps: bool, 
     t0 = time.time()
     texts, words = [], []
     try:
-        for seg in iter_segments(path, model.cfg.features.sample_rate, max_seconds=LONG_AUDIO_SECONDS):
-            f = model.extractor(torch.from_numpy(seg.samples))
-            log_probs, lengths = model.log_probs(f[None], torch.tensor([len(f)]))
-            hyp = decoder(log_probs, lengths)[0][0]
+        sr, speeds = model.cfg.features.sample_rate, getattr(decoder, "speeds", [1.0])
+        for seg in iter_segments(path, sr, max_seconds=LONG_AUDIO_SECONDS):
+            views = []
+            for s in speeds:
+                f = model.extractor(torch.from_numpy(speed_perturb(seg.samples, sr, s)))
+                views.append(model.log_probs(f[None], torch.tensor([len(f)])))
+            log_probs, lengths = views[speeds.index(1.0)]
+            hyp = decoder(log_probs, lengths)[0][0] if len(views) == 1 else decoder.rescore_views([lp[0, : n[0]] for lp, n in views])[0]
             if hyp.text:
                 texts.append(hyp.text)
             if timestamps:
@@ -229,8 +250,7 @@ class TuneResult:
 def manifest_emissions(model: Any, manifest: str | Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
     """References and the acoustic model's log-probabilities (frames, tokens) of a manifest's readable utterances."""
     utts = read_manifest(manifest)
-    no_search: Decoder = lambda log_probs, lengths: [[] for _ in range(len(lengths))]  # noqa: E731
-    emissions = {d.key: d.log_probs for d in decode_items(model, [(u.id, u.audio) for u in utts], no_search, keep_log_probs=True) if d.hyps is not None}
+    emissions = {d.key: d.log_probs for d in decode_items(model, [(u.id, u.audio) for u in utts], _no_search, keep_log_probs=True) if d.hyps is not None}
     return {u.id: u.text for u in utts}, emissions
 
 

@@ -102,7 +102,7 @@ def train_cmd(
         typer.echo(f"best checkpoint: {best}")
 
 
-Beam = Annotated[bool, typer.Option("--beam", help="Beam search instead of greedy (implied by --lexicon, --lm, --nbest > 1).")]
+Beam = Annotated[bool, typer.Option("--beam", help="Beam search instead of greedy (implied by --lexicon, --lm, --nbest > 1, --speeds).")]
 BeamSize = Annotated[int | None, typer.Option(help="Beam size.")]
 BeamThreshold = Annotated[float | None, typer.Option(help="Prune hypotheses this far below the best.")]
 Lexicon = Annotated[Path | None, typer.Option(help="Lexicon (asr lm lexicon): words the beam search may output.")]
@@ -110,11 +110,12 @@ LM = Annotated[Path | None, typer.Option(help="n-gram LM, ARPA or KenLM binary (
 LMWeight = Annotated[float | None, typer.Option(help="LM weight.")]
 WordScore = Annotated[float | None, typer.Option(help="Score added per word.")]
 DecoderConfig = Annotated[Path | None, typer.Option("--decoder-config", help="TOML with a \\[decode] table, e.g. written by asr tune-decoder.")]
+Speeds = Annotated[str | None, typer.Option(help="Test-time speed views for the beam search (implies --beam), e.g. 0.9,1,1.1: each view is searched and the pooled hypotheses are rescored by their mean CTC score.")]
 
 
-def _decoder(model, beam: bool, beam_size, beam_threshold, lexicon, lm, lm_weight, word_score, decoder_config, nbest: int = 1):
+def _decoder(model, beam: bool, beam_size, beam_threshold, lexicon, lm, lm_weight, word_score, decoder_config, nbest: int = 1, speeds: str | None = None):
     from asr.beam import build_decoder
-    from asr.config import load_decode_settings
+    from asr.config import Config, load_decode_settings, set_value
 
     cfg = model.cfg.decode
     if decoder_config:
@@ -122,7 +123,9 @@ def _decoder(model, beam: bool, beam_size, beam_threshold, lexicon, lm, lm_weigh
     for key, value in [("beam_size", beam_size), ("beam_threshold", beam_threshold), ("lm_weight", lm_weight), ("word_score", word_score)]:
         if value is not None:
             setattr(cfg, key, value)
-    return build_decoder(model, cfg, beam=beam or beam_size is not None, lexicon=lexicon, lm=lm, nbest=nbest)
+    if speeds is not None:
+        set_value(Config(decode=cfg), "decode.speeds", _numbers(speeds, "--speeds"), where="--speeds")
+    return build_decoder(model, cfg, beam=beam or beam_size is not None or speeds is not None, lexicon=lexicon, lm=lm, nbest=nbest)
 
 
 @app.command("decode")
@@ -138,6 +141,7 @@ def decode_cmd(
     lm_weight: LMWeight = None,
     word_score: WordScore = None,
     decoder_config: DecoderConfig = None,
+    speeds: Speeds = None,
     nbest: Annotated[int, typer.Option(help="Also write the n best hypotheses with scores (beam search).")] = 1,
     batch_frames: Annotated[int | None, typer.Option(help="Padded feature frames per batch.")] = None,
     device: Device = "cpu",
@@ -148,7 +152,7 @@ def decode_cmd(
 
     _threads(threads)
     acoustic = load_model(model, device)
-    decoder = _decoder(acoustic, beam, beam_size, beam_threshold, lexicon, lm, lm_weight, word_score, decoder_config, nbest)
+    decoder = _decoder(acoustic, beam, beam_size, beam_threshold, lexicon, lm, lm_weight, word_score, decoder_config, nbest, speeds)
     report = decode_manifest(acoustic, manifest, out, decoder, batch_frames, nbest)
     rtf = f", RTF {report.seconds / report.audio_seconds:.4f}" if report.audio_seconds else ""
     typer.echo(f"decoded {report.decoded} utterances ({len(report.failed)} failed) in {report.seconds:.1f} s{rtf} -> {out}")
@@ -171,6 +175,7 @@ def transcribe_cmd(
     lm_weight: LMWeight = None,
     word_score: WordScore = None,
     decoder_config: DecoderConfig = None,
+    speeds: Speeds = None,
     device: Device = "cpu",
     threads: Threads = 0,
 ) -> None:
@@ -189,7 +194,7 @@ def transcribe_cmd(
         raise typer.BadParameter(f"{fmt} holds one file's subtitles: with several inputs, use --output-dir", param_hint="--format")
     _threads(threads)
     acoustic = load_model(model, device)
-    decoder = _decoder(acoustic, beam, beam_size, beam_threshold, lexicon, lm, lm_weight, word_score, decoder_config)
+    decoder = _decoder(acoustic, beam, beam_size, beam_threshold, lexicon, lm, lm_weight, word_score, decoder_config, speeds=speeds)
     failed = 0
     for result in transcribe(acoustic, paths, decoder, timestamps=fmt != "txt", progress=len(paths) > 20):
         if result.text is None:

@@ -33,6 +33,7 @@ def test_toml_round_trip() -> None:
         ("[train]\nlr = true\n", "train.lr must be float"),
         ("[model\n", "not valid TOML"),
         ("[features]\ncmvn = 'speaker'\n", "features.cmvn must be one of global, utterance"),
+        ("[decode]\nspeeds = [0.9, 1.1]\n", "decode.speeds must be distinct factors between 0.5 and 2.0, 1.0 among them"),
     ],
 )
 def test_errors_name_the_key(tmp_path: Path, text: str, message: str) -> None:

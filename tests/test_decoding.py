@@ -115,3 +115,72 @@ def test_srt_word_times_match_where_the_words_are(trained: Path, tmp_path: Path)
     first = seconds(cues[0][1].split(" --> ")[0])
     last = seconds(cues[-1][1].split(" --> ")[1])
     assert abs(first - truth[0][1]) <= 0.1 and abs(last - truth[-1][2]) <= 0.1
+
+
+def test_ctc_log_likelihoods_sum_every_alignment() -> None:
+    import itertools
+
+    import torch
+
+    from asr.beam import ctc_log_likelihoods
+
+    torch.manual_seed(0)
+    frames, vocab, boundary = 4, 3, 1  # tokens: blank, |, A
+    log_probs = torch.randn(frames, vocab).log_softmax(-1)
+    got = ctc_log_likelihoods(log_probs, [[2], []], boundary)
+    closed = torch.cat([log_probs, torch.tensor([[-1e4, 0.0, -1e4]])])  # the search's closing boundary frame
+
+    def total(target: list[int]) -> torch.Tensor:
+        def collapse(path: tuple[int, ...]) -> list[int]:
+            return [k for k, _ in itertools.groupby(path) if k != 0]
+
+        paths = [p for p in itertools.product(range(vocab), repeat=frames + 1) if collapse(p) == target]
+        return torch.logsumexp(torch.stack([sum(closed[t, k] for t, k in enumerate(p)) for p in paths]), 0)
+
+    want = torch.stack([torch.maximum(total([2, 1]), total([1, 2, 1])), total([1])])
+    assert torch.allclose(got, want, atol=1e-4)
+
+
+def test_speed_views_outvote_one_views_narrow_choice(tmp_path: Path) -> None:
+    import torch
+
+    from asr.beam import BeamSearch, ctc_log_likelihoods
+    from asr.config import DecodeConfig
+    from asr.text import Tokenizer
+
+    tokenizer = Tokenizer(("<blank>", "|", "A", "B"))
+    lexicon = tmp_path / "lexicon.txt"
+    lexicon.write_text("A\tA |\nB\tB |\n")
+    quiet = [0.90, 0.04, 0.03, 0.03]
+    narrow_a = torch.tensor([[0.05, 0.05, 0.50, 0.40], quiet, quiet]).log()  # A by a little
+    clear_b = torch.tensor([[0.05, 0.05, 0.10, 0.80], [0.05, 0.05, 0.10, 0.80], quiet, quiet]).log()  # B by a lot
+    cfg = DecodeConfig(lm_weight=0.0, word_score=0.0, speeds=[1.0, 1.1])
+    search = BeamSearch(tokenizer, cfg, lexicon=lexicon, nbest=2)
+    assert search(narrow_a[None], torch.tensor([3]))[0][0].text == "A"
+    best, second = search.rescore_views([narrow_a, clear_b])
+    assert (best.text, second.text) == ("B", "A")
+    mean = torch.stack([ctc_log_likelihoods(v, [[3]], 1) for v in (narrow_a, clear_b)]).mean()
+    assert abs(best.score - float(mean)) < 1e-4
+
+
+def test_decode_and_transcribe_with_speed_views(trained: Path, tone_corpus: dict[str, Path], lm_files: dict[str, Path], tmp_path: Path) -> None:
+    test = tone_corpus["test"]
+    invoke("decode", trained / "best.pt", test, "--out", tmp_path / "greedy.jsonl")
+    lm = ["--lm", lm_files["lm"], "--lexicon", lm_files["lexicon"]]
+    invoke("decode", trained / "best.pt", test, "--out", tmp_path / "views.jsonl", *lm, "--speeds", "0.9,1,1.1", "--nbest", "2")
+    rows = [json.loads(line) for line in (tmp_path / "views.jsonl").read_text().splitlines()]
+    assert len(rows) == 16 and all(len(r["nbest"]) == 2 and r["nbest"][0]["score"] >= r["nbest"][1]["score"] for r in rows)
+    assert wer(test, tmp_path / "views.jsonl") <= wer(test, tmp_path / "greedy.jsonl")
+    wav = next((test.parent).glob("*.wav"))
+    words = json.loads(invoke("transcribe", trained / "best.pt", wav, "--json", *lm, "--speeds", "0.9,1,1.1").stdout)["words"]
+    assert words and all(0 <= w["start"] < w["end"] for w in words)
+
+
+@pytest.mark.parametrize("speeds", ["0.9,1.1", "1,1", "0.3,1"])
+def test_bad_speed_views_are_one_line_errors(trained: Path, tone_corpus: dict[str, Path], tmp_path: Path, speeds: str) -> None:
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "asr", "decode", str(trained / "best.pt"), str(tone_corpus["test"]), "--out", str(tmp_path / "h.jsonl"), "--speeds", speeds], capture_output=True, text=True)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert "decode.speeds must be distinct factors between 0.5 and 2.0, 1.0 among them" in proc.stderr.strip().splitlines()[-1]
