@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -57,6 +57,21 @@ def decode_items(
     a Decoded with `hyps=None` and the reason."""
     decoder = decoder or build_decoder(model, model.cfg.decode)
     speeds = getattr(decoder, "speeds", [1.0])  # test-time speed views (BeamSearch.rescore_views)
+    feats, failed = _read_features(model, items, speeds, progress)
+    yield from failed
+    keys = list(feats)
+    batch_frames = batch_frames or model.cfg.decode.batch_frames
+    if len(speeds) == 1:
+        yield from _decode_features(model, keys, [feats[k][0] for k in keys], decoder, batch_frames, keep_log_probs, progress)
+        return
+    views = _view_log_probs(model, feats, batch_frames, progress)
+    plain = speeds.index(1.0)
+    for k in keys:
+        yield Decoded(k, decoder.rescore_views(views[k]), log_probs=views[k][plain] if keep_log_probs else None)
+
+
+def _read_features(model: Any, items: list[tuple[str, str | Path]], speeds: list[float], progress: bool) -> tuple[dict[str, list[torch.Tensor]], list[Decoded]]:
+    """Features of each readable item at each speed, and a Decoded with the reason for each unreadable one."""
     sr = model.cfg.features.sample_rate
     feats: dict[str, list[torch.Tensor]] = {}
     failed = []
@@ -68,19 +83,17 @@ def decode_items(
                 failed.append(Decoded(key, None, e.reason))
                 continue
             feats[key] = [model.extractor(torch.from_numpy(speed_perturb(wav, sr, s))) for s in speeds]
-    yield from failed
+    return feats, failed
+
+
+def _view_log_probs(model: Any, feats: dict[str, list[torch.Tensor]], batch_frames: int, progress: bool) -> dict[str, list[torch.Tensor]]:
+    """The log-probabilities (frames, tokens) of every view of every item, computed in batches view by view."""
     keys = list(feats)
-    batch_frames = batch_frames or model.cfg.decode.batch_frames
-    if len(speeds) == 1:
-        yield from _decode_features(model, keys, [feats[k][0] for k in keys], decoder, batch_frames, keep_log_probs, progress)
-        return
     views: dict[str, list[torch.Tensor]] = {k: [] for k in keys}
-    for v in range(len(speeds)):
+    for v in range(len(feats[keys[0]]) if keys else 0):
         for d in _decode_features(model, keys, [feats[k][v] for k in keys], _no_search, batch_frames, True, progress):
             views[d.key].append(d.log_probs)
-    plain = speeds.index(1.0)
-    for k in keys:
-        yield Decoded(k, decoder.rescore_views(views[k]), log_probs=views[k][plain] if keep_log_probs else None)
+    return views
 
 
 def _no_search(log_probs: torch.Tensor, lengths: torch.Tensor) -> list[list[Hypothesis]]:
@@ -247,31 +260,37 @@ class TuneResult:
     grid: list[tuple[float, float, float]]  # (lm_weight, word_score, WER %)
 
 
-def manifest_emissions(model: Any, manifest: str | Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
-    """References and the acoustic model's log-probabilities (frames, tokens) of a manifest's readable utterances."""
+def manifest_emissions(model: Any, manifest: str | Path, speeds: Sequence[float] = (1.0,)) -> tuple[dict[str, str], dict[str, list[torch.Tensor]]]:
+    """References and the acoustic model's log-probabilities (frames, tokens) of a manifest's
+    readable utterances, one tensor per speed view."""
     utts = read_manifest(manifest)
-    emissions = {d.key: d.log_probs for d in decode_items(model, [(u.id, u.audio) for u in utts], _no_search, keep_log_probs=True) if d.hyps is not None}
-    return {u.id: u.text for u in utts}, emissions
+    feats, _ = _read_features(model, [(u.id, u.audio) for u in utts], list(speeds), progress=True)
+    return {u.id: u.text for u in utts}, _view_log_probs(model, feats, model.cfg.decode.batch_frames, progress=True)
 
 
 def grid_hypotheses(
     model: Any,
-    emissions: dict[str, torch.Tensor],
+    emissions: dict[str, list[torch.Tensor]],
     lexicon: str | Path,
     lm: str | Path,
     lm_weights: Iterable[float],
     word_scores: Iterable[float],
+    speeds: Sequence[float] = (1.0,),
 ) -> dict[tuple[float, float], dict[str, str]]:
-    """Beam-search hypotheses {(lm_weight, word_score): {id: text}} for every grid point, from precomputed emissions."""
+    """Beam-search hypotheses {(lm_weight, word_score): {id: text}} for every grid point, from
+    precomputed emissions (manifest_emissions at the same `speeds`)."""
     from asr.beam import BeamSearch
     from asr.config import DecodeConfig
 
     grid = {}
     for w in lm_weights:
         for ws in word_scores:
-            cfg = DecodeConfig(**{**vars(model.cfg.decode), "lm_weight": float(w), "word_score": float(ws)})
+            cfg = DecodeConfig(**{**vars(model.cfg.decode), "lm_weight": float(w), "word_score": float(ws), "speeds": list(speeds)})
             search = BeamSearch(model.tokenizer, cfg, lexicon=lexicon, lm=lm)
-            grid[float(w), float(ws)] = {k: search(lp[None], torch.tensor([len(lp)]))[0][0].text for k, lp in emissions.items()}
+            if len(speeds) == 1:
+                grid[float(w), float(ws)] = {k: search(v[0][None], torch.tensor([len(v[0])]))[0][0].text for k, v in emissions.items()}
+            else:
+                grid[float(w), float(ws)] = {k: search.rescore_views(v)[0].text for k, v in emissions.items()}
     return grid
 
 
@@ -288,20 +307,23 @@ def tune_decoder(
     lm_weights: Iterable[float] = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0),
     word_scores: Iterable[float] = (-2.0, -1.0, 0.0, 1.0, 2.0),
     out: str | Path | None = None,
+    speeds: Sequence[float] | None = None,
 ) -> TuneResult:
     """Grid-search LM weight and word score for the lowest WER on a (dev) manifest. The acoustic
-    model runs once; each grid point only re-runs the beam search. With `out`, writes the best
-    settings as a [decode] TOML table that `--decoder-config` and recipes read."""
+    model runs once; each grid point only re-runs the beam search, with the speed views of
+    `speeds` (default: the model's decode.speeds). With `out`, writes the best settings as a
+    [decode] TOML table that `--decoder-config` and recipes read."""
     from asr.config import to_toml
     from asr.fileio import atomic_write_text
     from asr.scoring import score
 
     model = load_model(model) if isinstance(model, (str, Path)) else model
-    refs, emissions = manifest_emissions(model, manifest)
-    hyps = grid_hypotheses(model, emissions, lexicon, lm, lm_weights, word_scores)
+    speeds = list(speeds or model.cfg.decode.speeds)
+    refs, emissions = manifest_emissions(model, manifest, speeds)
+    hyps = grid_hypotheses(model, emissions, lexicon, lm, lm_weights, word_scores, speeds)
     grid = [(w, ws, score(refs, h).wer) for (w, ws), h in hyps.items()]
     w, ws, wer = best_grid_point(grid)
     if out:
-        settings = {"beam_size": model.cfg.decode.beam_size, "beam_threshold": model.cfg.decode.beam_threshold, "lm_weight": w, "word_score": ws}
+        settings = {"beam_size": model.cfg.decode.beam_size, "beam_threshold": model.cfg.decode.beam_threshold, "lm_weight": w, "word_score": ws, "speeds": speeds}
         atomic_write_text(out, f"# asr tune-decoder on {manifest}: WER {wer:.2f}%\n" + to_toml({"decode": settings}))
     return TuneResult({"lm_weight": w, "word_score": ws}, wer, grid)

@@ -327,11 +327,12 @@ def tune_weights_by_folds(
         model = load_model(run_dir / "model.pt")
         if not (lm.exists() and lexicon.exists()):
             _write_lm(run_dir / "data" / "train.jsonl", recipe.lm_order, model.tokenizer.tokens, lm, lexicon)
-        fold_refs, emissions = manifest_emissions(model, run_dir / "data" / "dev.jsonl")
+        speeds = model.cfg.decode.speeds
+        fold_refs, emissions = manifest_emissions(model, run_dir / "data" / "dev.jsonl", speeds)
         refs |= {f"{seed}/{uid}": text for uid, text in fold_refs.items()}
-        search = build_decoder(model, model.cfg.decode)
-        greedy |= {f"{seed}/{uid}": search(lp[None], torch.tensor([len(lp)]))[0][0].text for uid, lp in emissions.items()}
-        for point, texts in grid_hypotheses(model, emissions, lexicon, lm, weights, scores).items():
+        search, plain = build_decoder(model, model.cfg.decode), speeds.index(1.0)
+        greedy |= {f"{seed}/{uid}": search(v[plain][None], torch.tensor([len(v[plain])]))[0][0].text for uid, v in emissions.items()}
+        for point, texts in grid_hypotheses(model, emissions, lexicon, lm, weights, scores, speeds).items():
             hyps.setdefault(point, {}).update({f"{seed}/{uid}": t for uid, t in texts.items()})
         _log(f"fold {k} seed {seed}: {len(emissions)} held-out utterances searched over {len(weights) * len(scores)} grid points")
     grid = [(w, ws, score(refs, h).wer) for (w, ws), h in hyps.items()]

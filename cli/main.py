@@ -115,7 +115,7 @@ Speeds = Annotated[str | None, typer.Option(help="Test-time speed views for the 
 
 def _decoder(model, beam: bool, beam_size, beam_threshold, lexicon, lm, lm_weight, word_score, decoder_config, nbest: int = 1, speeds: str | None = None):
     from asr.beam import build_decoder
-    from asr.config import Config, load_decode_settings, set_value
+    from asr.config import load_decode_settings
 
     cfg = model.cfg.decode
     if decoder_config:
@@ -124,7 +124,7 @@ def _decoder(model, beam: bool, beam_size, beam_threshold, lexicon, lm, lm_weigh
         if value is not None:
             setattr(cfg, key, value)
     if speeds is not None:
-        set_value(Config(decode=cfg), "decode.speeds", _numbers(speeds, "--speeds"), where="--speeds")
+        cfg.speeds = _speeds(speeds)
     return build_decoder(model, cfg, beam=beam or beam_size is not None or speeds is not None, lexicon=lexicon, lm=lm, nbest=nbest)
 
 
@@ -279,13 +279,14 @@ def tune_decoder_cmd(
     out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the best \\[decode] settings (TOML).")] = Path("decode.toml"),
     lm_weights: Annotated[str, typer.Option(help="Comma-separated LM weights to try.")] = "0,0.5,1,1.5,2,3",
     word_scores: Annotated[str, typer.Option(help="Comma-separated word scores to try.")] = "-2,-1,0,1,2",
+    speeds: Annotated[str | None, typer.Option(help="Test-time speed views to tune with, e.g. 0.9,1,1.1 (default: the model's decode.speeds).")] = None,
 ) -> None:
     """Grid-search LM weight and word score on a dev set; the best go to --out for --decoder-config."""
     from asr.decode import tune_decoder
 
     if lm is None or lexicon is None:
         raise typer.BadParameter("tuning needs both --lm and --lexicon", param_hint="--lm/--lexicon")
-    result = tune_decoder(model, dev, lexicon, lm, _numbers(lm_weights, "--lm-weights"), _numbers(word_scores, "--word-scores"), out)
+    result = tune_decoder(model, dev, lexicon, lm, _numbers(lm_weights, "--lm-weights"), _numbers(word_scores, "--word-scores"), out, _speeds(speeds) if speeds else None)
     _echo_grid(result, out)
 
 
@@ -296,6 +297,14 @@ def _echo_grid(result, out: Path | None, greedy: str = "") -> None:
     if greedy:
         typer.echo(greedy)
     typer.echo(f"best: lm_weight {result.best['lm_weight']}, word_score {result.best['word_score']} (WER {result.best_wer:.2f}%) -> {out}")
+
+
+def _speeds(text: str) -> list[float]:
+    from asr.config import Config, set_value
+
+    cfg = Config()
+    set_value(cfg, "decode.speeds", _numbers(text, "--speeds"), where="--speeds")
+    return cfg.decode.speeds
 
 
 def _numbers(text: str, option: str, kind: type = float) -> list:

@@ -171,6 +171,9 @@ def test_decode_and_transcribe_with_speed_views(trained: Path, tone_corpus: dict
     rows = [json.loads(line) for line in (tmp_path / "views.jsonl").read_text().splitlines()]
     assert len(rows) == 16 and all(len(r["nbest"]) == 2 and r["nbest"][0]["score"] >= r["nbest"][1]["score"] for r in rows)
     assert wer(test, tmp_path / "views.jsonl") <= wer(test, tmp_path / "greedy.jsonl")
+    tuned = tmp_path / "decode.toml"
+    invoke("tune-decoder", trained / "best.pt", tone_corpus["dev"], *lm, "--lm-weights", "0,1", "--word-scores", "0", "--speeds", "0.9,1,1.1", "--out", tuned)
+    assert "speeds = [0.9, 1.0, 1.1]" in tuned.read_text()
     wav = next((test.parent).glob("*.wav"))
     words = json.loads(invoke("transcribe", trained / "best.pt", wav, "--json", *lm, "--speeds", "0.9,1,1.1").stdout)["words"]
     assert words and all(0 <= w["start"] < w["end"] for w in words)
