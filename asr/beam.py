@@ -77,7 +77,6 @@ class BeamSearch:
             out.append(utt or [Hypothesis("", float("-inf"), [])])
         return out
 
-
     def rescore_views(self, views: list[torch.Tensor]) -> list[Hypothesis]:
         """One utterance's log-probabilities (frames, tokens) at each of `speeds` -> its n best.
 
