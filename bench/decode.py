@@ -1,5 +1,6 @@
 """Decoding speed and memory on a test set: real-time factor (processing time / audio time),
-WER and peak RSS for greedy, beam, beam + LM, and the exported / int8-quantized model.
+WER and peak RSS for greedy, beam, beam + LM, beam + LM with test-time speed views
+(0.9/1.0/1.1), and the exported / int8-quantized model.
 
     python bench/decode.py --exp exp/an4 [--set test] [--threads 1]
 
@@ -18,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-MODES = ["greedy", "beam", "beam+lm", "torchscript", "torchscript-int8", "onnx-int8", "torchscript-int8+lm"]
+MODES = ["greedy", "beam", "beam+lm", "beam+lm+views", "torchscript", "torchscript-int8", "onnx-int8", "torchscript-int8+lm"]
 
 
 def run_mode(exp: Path, test_set: str, mode: str, threads: int) -> dict:
@@ -41,9 +42,10 @@ def run_mode(exp: Path, test_set: str, mode: str, threads: int) -> dict:
             model_path = export(model_path, Path(tmp) / f"model.{'onnx' if fmt == 'onnx' else 'ts'}", fmt, "int8" if "int8" in mode else None)
         t0 = time.perf_counter()
         model = load_model(model_path)
-        use_lm = mode.endswith("lm")
+        use_lm = mode.endswith(("lm", "lm+views"))
         if use_lm and tuned.exists():
             load_decode_settings(model.cfg.decode, tuned)
+        model.cfg.decode.speeds = [0.9, 1.0, 1.1] if mode.endswith("+views") else [1.0]  # whatever the checkpoint carries
         decoder = build_decoder(model, model.cfg.decode, beam=mode != "greedy" and not mode.startswith(("torchscript", "onnx")), lexicon=lexicon if use_lm else None, lm=lm[-1] if use_lm else None)
         load_seconds = time.perf_counter() - t0
         hyp = Path(tmp) / "hyp.jsonl"
