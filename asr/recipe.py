@@ -420,7 +420,9 @@ def results_table(recipe: Recipe, exp: Path, results: dict[str, dict]) -> str:
         tuning = f"the recipe's [decode] weights (lm_weight {recipe.config.decode.lm_weight}, word_score {recipe.config.decode.word_score}; {recipe.dev_set} was trained on)"
     else:
         tuning = "default weights (no dev set to tune on)"
-    lm = f"; (LM): beam search with the lexicon and {recipe.lm_order}-gram LM built from the training transcripts, {tuning}" if recipe.lm_order else ""
+    speeds = recipe.config.decode.speeds
+    views = f", speed views {'/'.join(f'{x:g}' for x in speeds)}" if len(speeds) > 1 else ""
+    lm = f"; (LM): beam search with the lexicon and {recipe.lm_order}-gram LM built from the training transcripts, {tuning}{views}" if recipe.lm_order else ""
     lines = [
         f"# Results: {recipe.name}",
         "",

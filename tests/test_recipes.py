@@ -194,11 +194,12 @@ def test_train_on_dev_trains_on_both_and_keeps_the_recipe_weights(tmp_path: Path
     assert "3-gram from 9 sentences" in capsys.readouterr().err  # the LM too: 6 train + 3 dev
     assert "trained on train + dev" in (exp / "RESULTS.md").read_text()
     assert "the recipe's [decode] weights" in (exp / "RESULTS.md").read_text()
+    assert "speed views 0.9/1/1.1" in (exp / "RESULTS.md").read_text()  # the recipe's decode.speeds
 
     held_out = tmp_path / "held_out"
     run_recipe(str(recipe), held_out, data=src, overrides=[*fast, "recipe.train_on_dev=false"])
     assert not (held_out / "data" / "train+dev.jsonl").exists()
-    assert (held_out / "lm" / "decode.toml").exists()
+    assert "speeds = [0.9, 1.0, 1.1]" in (held_out / "lm" / "decode.toml").read_text()  # tuned with the views
     assert "trained on train." in (held_out / "RESULTS.md").read_text()
     assert "3-gram from 6 sentences" in capsys.readouterr().err
 
