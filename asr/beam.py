@@ -83,7 +83,9 @@ class BeamSearch:
         Every view is searched; the pooled hypotheses are scored by their CTC log-likelihood
         (summed over alignments) averaged over the views, plus the LM and word scores, as the
         search scores its own paths. Views of one recording err in different places, so the
-        mean is a small ensemble from one model."""
+        mean is a small ensemble from one model. One view is the search's own n best."""
+        if len(views) == 1:
+            return self(views[0][None], torch.tensor([len(views[0])]))[0]
         pooled = {h.text: h for lp in views for h in self(lp[None], torch.tensor([len(lp)]))[0] if h.score > float("-inf")}
         if not pooled:
             return [Hypothesis("", float("-inf"), [])]

@@ -287,10 +287,7 @@ def grid_hypotheses(
         for ws in word_scores:
             cfg = DecodeConfig(**{**vars(model.cfg.decode), "lm_weight": float(w), "word_score": float(ws), "speeds": list(speeds)})
             search = BeamSearch(model.tokenizer, cfg, lexicon=lexicon, lm=lm)
-            if len(speeds) == 1:
-                grid[float(w), float(ws)] = {k: search(v[0][None], torch.tensor([len(v[0])]))[0][0].text for k, v in emissions.items()}
-            else:
-                grid[float(w), float(ws)] = {k: search.rescore_views(v)[0].text for k, v in emissions.items()}
+            grid[float(w), float(ws)] = {k: search.rescore_views(v)[0].text for k, v in emissions.items()}
     return grid
 
 
