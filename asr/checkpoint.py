@@ -73,7 +73,7 @@ class Recognizer:
     def from_checkpoint(cls, path: str | Path, device: str = "cpu") -> Recognizer:
         ckpt = load_checkpoint(path)
         try:
-            cfg = Config.from_dict(ckpt["config"], where=f"{path} config")
+            cfg = Config.from_saved(ckpt["config"], where=f"{path} config")
             tokenizer = Tokenizer(tuple(ckpt["tokens"]))
             normalizer = Normalizer.from_checkpoint(ckpt["normalizer"], cfg.features)
             extractor = FeatureExtractor(cfg.features)

@@ -30,6 +30,10 @@ class FeatureConfig:
     # Mean normalisation: "global" (the training set's mean and variance) or "utterance" (each
     # utterance's own mean removed first, Kaldi's per-utterance apply-cmvn; then the global variance).
     cmvn: str = "global"
+    # Subtract each frame's mean (its DC offset) before the window and FFT, as Kaldi's
+    # compute-fbank-feats --remove-dc-offset=true (its default): a microphone's constant offset
+    # then leaves the features unchanged. Checkpoints saved without this key load with false.
+    remove_dc_offset: bool = True
 
 
 @dataclass
@@ -123,6 +127,16 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     decode: DecodeConfig = field(default_factory=DecodeConfig)
+
+    @classmethod
+    def from_saved(cls, d: dict[str, Any], where: str = "config") -> Config:
+        """A config saved in a checkpoint or export: `from_dict`, with the defaults of keys that
+        did not exist when it was saved set to what that model was trained with (a model saved
+        before `features.remove_dc_offset` computed its features with the offset kept)."""
+        features = d.get("features", {})
+        if isinstance(features, dict) and "remove_dc_offset" not in features:
+            d = {**d, "features": {**features, "remove_dc_offset": False}}
+        return cls.from_dict(d, where)
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         return asdict(self)

@@ -278,7 +278,7 @@ class ExportedModel:
         self.runtime = runtime  # "torchscript" or "onnx"
         self.quantize: str | None = meta.get("quantize")
         try:
-            self.cfg = Config.from_dict(meta["config"], where=f"{path} config")
+            self.cfg = Config.from_saved(meta["config"], where=f"{path} config")
             tokens = meta["tokens"]
             if not isinstance(tokens, list) or not tokens or not all(isinstance(t, str) for t in tokens):
                 raise ExportError(f"{path}: the export's token list is missing or malformed")

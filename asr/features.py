@@ -33,6 +33,11 @@ class FeatureExtractor(nn.Module):
             raise ValueError(f"features.kind must be 'fbank' or 'mfcc', got {cfg.kind!r}")
         self.min_samples = n_fft
         self.mel = self.transform if cfg.kind == "fbank" else self.transform.MelSpectrogram
+        # Each frame's mean is taken over the samples its window covers: torch.stft centres a
+        # window shorter than n_fft inside the FFT frame.
+        self.win, self.hop, self.win_offset = win, hop, (n_fft - win) // 2
+        window = nn.functional.pad(self.mel.spectrogram.window, (self.win_offset, n_fft - win - self.win_offset))
+        self.register_buffer("window_dft", torch.view_as_real(torch.fft.rfft(window)), persistent=False)
 
     @torch.no_grad()
     def forward(self, waveform: torch.Tensor) -> torch.Tensor:
@@ -46,10 +51,22 @@ class FeatureExtractor(nn.Module):
 
     def _mel_power(self, waveform: torch.Tensor) -> torch.Tensor:
         """torchaudio's MelSpectrogram (same window and filterbank), about twice as fast: the power
-        spectrum is taken from the real and imaginary parts instead of a complex abs()."""
+        spectrum is taken from the real and imaginary parts instead of a complex abs().
+
+        With `remove_dc_offset`, each frame's mean m is removed before the window. The DFT is
+        linear, so DFT(w * (x - m)) = DFT(w * x) - m * DFT(w): the frame means (a strided moving
+        average) times the window's DFT are subtracted from the STFT, with no copy of the frames.
+        """
         spec, mel = self.mel.spectrogram, self.mel.mel_scale
         stft = torch.stft(waveform, spec.n_fft, spec.hop_length, spec.win_length, spec.window, center=False, return_complex=True)
-        power = torch.view_as_real(stft).square().sum(-1)  # (..., freq, frames)
+        stft = torch.view_as_real(stft)  # (..., freq, frames, 2)
+        if self.cfg.remove_dc_offset:
+            frames = stft.shape[-2]
+            flat = waveform.reshape(-1, 1, waveform.shape[-1])[..., self.win_offset :]
+            means = nn.functional.avg_pool1d(flat, self.win, self.hop)[:, 0, :frames]
+            means = means.reshape(*waveform.shape[:-1], 1, frames, 1)
+            stft = stft - means * self.window_dft[:, None, :].to(stft.dtype)
+        power = stft.square().sum(-1)  # (..., freq, frames)
         return torch.matmul(power.transpose(-1, -2), mel.fb)
 
 

@@ -6,7 +6,8 @@ the exact time (seconds in the original file) of the first sample. Memory holds 
 
 How segments are found (at the file's own sample rate, mixed to mono):
 
-- short-term energy of consecutive 30 ms frames, in dBFS (10 log10 of the mean square);
+- short-term energy of consecutive 30 ms frames, in dBFS (10 log10 of the mean square about the
+  frame's mean, so a constant DC offset counts as silence);
 - an adaptive threshold: from a histogram of frame energies that forgets with a time constant
   of two minutes, noise floor = 10th percentile, signal level = 97th percentile, threshold =
   floor + max(6 dB, a quarter of level - floor), kept within [-65, -30] dBFS (so a quiet
@@ -223,7 +224,8 @@ class _Segmenter:
             self._add_energy(self.buf[done:][None, :])
 
     def _add_energy(self, frames: np.ndarray) -> None:
-        power = np.mean(np.square(frames, dtype=np.float64), axis=1)
+        frames = frames.astype(np.float64)
+        power = np.var(frames, axis=1)  # mean square about the frame's mean: a DC offset is not energy
         db = np.clip(10 * np.log10(power + 1e-12), _DB_LOW, _DB_HIGH).astype(np.float32)
         self.energy = np.concatenate([self.energy, db])
         counts, _ = np.histogram(db, bins=_EDGES)

@@ -281,7 +281,7 @@ def _train(cfg: Config, exp: Path, stop: StopRequest, device: torch.device, rank
     last_path, best_path = exp / "last.pt", exp / "best.pt"
     resume = load_checkpoint(last_path) if last_path.exists() else None
     if resume is not None:
-        saved = Config.from_dict(resume["config"], where=f"{last_path} config")
+        saved = Config.from_saved(resume["config"], where=f"{last_path} config")
         if saved.model != cfg.model or saved.features != cfg.features:
             raise ConfigError(f"{last_path}: model or feature settings differ from the checkpoint's; use a new --out directory")
     tokenizer = Tokenizer(tuple(resume["tokens"])) if resume else None

@@ -1,0 +1,82 @@
+"""Failures that users of other recognisers reported, replayed against asr: each kind of input
+with its right value (DC offsets, non-UTF-8 names, symlinked folders, narrowband audio, word
+times at the edges of speech, mismatched score files, clashing output names)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from asr.config import Config, FeatureConfig
+from asr.features import FeatureExtractor
+from asr.segment import iter_segments
+
+# 1. A constant DC offset changes neither the features nor the pause detector.
+
+
+@pytest.mark.parametrize(("kind", "sample_rate", "offset"), [("fbank", 16000, 0.05), ("mfcc", 16000, -0.2), ("fbank", 8000, 0.3)])
+def test_features_ignore_a_dc_offset(kind: str, sample_rate: int, offset: float) -> None:
+    gen = torch.Generator().manual_seed(0)
+    x = 0.1 * torch.randn(sample_rate, generator=gen)
+    ex = FeatureExtractor(FeatureConfig(kind=kind, sample_rate=sample_rate))
+    clean, shifted = ex(x), ex(x + offset)
+    assert (clean - shifted).abs().max() < 1e-3
+    batch = ex(torch.stack([x, x + offset]))  # batched extraction removes each row's own offset
+    assert (batch[1] - clean).abs().max() < 1e-3
+    kept = FeatureExtractor(FeatureConfig(kind=kind, sample_rate=sample_rate, remove_dc_offset=False))
+    assert (kept(x) - kept(x + offset)).abs().max() > 1.0  # without the option the offset shows
+
+
+def test_dc_removal_matches_kaldi_framing() -> None:
+    """Kaldi's order: cut the frame, subtract its mean, then window and FFT (feature-window.cc)."""
+    gen = torch.Generator().manual_seed(1)
+    x = 0.1 * torch.randn(8000, generator=gen) + 0.07
+    ex = FeatureExtractor(FeatureConfig())
+    win, hop, n_fft = 400, 160, 512
+    off = (n_fft - win) // 2
+    frames = x.unfold(0, n_fft, hop)[:, off : off + win]
+    frames = frames - frames.mean(1, keepdim=True)
+    padded = torch.nn.functional.pad(frames * torch.hann_window(win), (off, n_fft - win - off))
+    power = torch.fft.rfft(padded, dim=-1).abs() ** 2
+    reference = torch.log(power @ ex.mel.mel_scale.fb + 1e-6)
+    assert reference.shape == ex(x).shape
+    assert (reference - ex(x)).abs().max() < 1e-3
+
+
+def test_checkpoints_saved_before_dc_removal_keep_their_features() -> None:
+    saved = Config().to_dict()
+    del saved["features"]["remove_dc_offset"]
+    assert Config.from_saved(saved).features.remove_dc_offset is False
+    assert Config.from_saved(Config().to_dict()).features.remove_dc_offset is True
+    assert Config().features.remove_dc_offset is True
+
+
+def _tones(sr: int, rng: np.random.Generator) -> tuple[np.ndarray, list[float]]:
+    """Tones of 0.6-1.5 s between 0.5-1 s pauses, with a little noise; returns the onsets."""
+    parts, onsets, t = [], [], 0.0
+    for i in range(4):
+        pause, tone = 0.5 + 0.5 * rng.random(), 0.6 + 0.9 * rng.random()
+        parts.append(np.zeros(int(pause * sr)))
+        t += len(parts[-1]) / sr
+        onsets.append(t)
+        n = int(tone * sr)
+        parts.append(0.3 * np.sin(2 * np.pi * (300 + 200 * i) * np.arange(n) / sr))
+        t += n / sr
+    parts.append(np.zeros(int(0.8 * sr)))
+    x = np.concatenate(parts)
+    return x + 0.002 * rng.standard_normal(len(x)), onsets
+
+
+@pytest.mark.parametrize("offset", [0.05, -0.1, 0.3])
+def test_pause_detector_ignores_a_dc_offset(tmp_path: Path, offset: float) -> None:
+    x, onsets = _tones(16000, np.random.default_rng(3))
+    sf.write(tmp_path / "clean.wav", x.astype(np.float32), 16000, subtype="FLOAT")
+    sf.write(tmp_path / "offset.wav", (x + offset).astype(np.float32), 16000, subtype="FLOAT")
+    clean = [round(s.start, 2) for s in iter_segments(tmp_path / "clean.wav")]
+    shifted = [round(s.start, 2) for s in iter_segments(tmp_path / "offset.wav")]
+    assert clean == pytest.approx([o - 0.1 for o in onsets], abs=0.05)
+    assert shifted == clean
