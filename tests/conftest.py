@@ -75,7 +75,7 @@ layers = 1
 dropout = 0.0
 
 [train]
-epochs = 20
+epochs = 30
 lr = 0.006
 warmup_steps = 10
 batch_frames = 1500
