@@ -289,9 +289,29 @@ def score(refs: Mapping[str, str], hyps: Mapping[str, str]) -> ScoreResult:
     )
 
 
+def check_ids_match(refs: Mapping[str, str], hyps: Mapping[str, str], ref_path: str | Path, hyp_path: str | Path) -> None:
+    """Raise ScoringError when references exist and not one hypothesis id is among them: the two
+    files do not belong together (another test set, another id scheme), and scoring them would
+    report a WER of 100% that looks like a bad model. The message names both files and a few
+    ids of each. A partial match is scored (its gaps are `missing` and `extra`)."""
+    if refs and not any(uid in refs for uid in hyps):
+        def few(ids: list[str]) -> str:
+            return ", ".join(ids[:3]) + (", ..." if len(ids) > 3 else "") if ids else "none"
+
+        raise ScoringError(
+            f"{hyp_path}: no hypothesis id matches a reference id in {ref_path} "
+            f"(reference ids: {few(list(refs))}; hypothesis ids: {few(list(hyps))}); are these files of the same set?"
+        )
+
+
 def score_files(ref_path: str | Path, hyp_path: str | Path) -> ScoreResult:
-    """Score a hypothesis file against a reference file (JSONL or Kaldi text each)."""
-    return score(read_transcripts(ref_path), read_transcripts(hyp_path))
+    """Score a hypothesis file against a reference file (JSONL or Kaldi text each).
+
+    Raises ScoringError for an unreadable file and for files with no id in common
+    (`check_ids_match`)."""
+    refs, hyps = read_transcripts(ref_path), read_transcripts(hyp_path)
+    check_ids_match(refs, hyps, ref_path, hyp_path)
+    return score(refs, hyps)
 
 
 def format_alignment(al: UttAlignment) -> str:

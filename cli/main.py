@@ -224,9 +224,10 @@ def score_cmd(
     trn: Annotated[Path | None, typer.Option(help="Write sclite ref.trn and hyp.trn into this folder.")] = None,
 ) -> None:
     """Word and character error rates, with sclite's substitution/deletion/insertion counts."""
-    from asr.scoring import format_summary, read_transcripts, score, write_details, write_trn
+    from asr.scoring import check_ids_match, format_summary, read_transcripts, score, write_details, write_trn
 
     refs, hyps = read_transcripts(ref), read_transcripts(hyp)
+    check_ids_match(refs, hyps, ref, hyp)
     result = score(refs, hyps)
     if details:
         write_details(result, details)

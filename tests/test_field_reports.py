@@ -4,6 +4,9 @@ times at the edges of speech, mismatched score files, clashing output names)."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +17,8 @@ import torch
 from asr.config import Config, FeatureConfig
 from asr.features import FeatureExtractor
 from asr.segment import iter_segments
+
+ROOT = Path(__file__).resolve().parents[1]
 
 # 1. A constant DC offset changes neither the features nor the pause detector.
 
@@ -80,3 +85,68 @@ def test_pause_detector_ignores_a_dc_offset(tmp_path: Path, offset: float) -> No
     shifted = [round(s.start, 2) for s in iter_segments(tmp_path / "offset.wav")]
     assert clean == pytest.approx([o - 0.1 for o in onsets], abs=0.05)
     assert shifted == clean
+
+
+# 7. Scoring files that do not belong together.
+
+
+class _Run:
+    def __init__(self, r: subprocess.CompletedProcess) -> None:
+        self.exit_code, self.stdout, self.output = r.returncode, r.stdout, r.stdout + r.stderr
+
+
+def _run_score(*args: object) -> _Run:
+    """`asr score` as a user runs it: a process, with errors reported by the entry point."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("ASR_DEBUG", None)
+    cmd = [sys.executable, "-m", "asr", "score", *map(str, args)]
+    return _Run(subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120))
+
+
+@pytest.mark.parametrize("layout", ["jsonl", "kaldi"])
+def test_score_refuses_files_with_no_id_in_common(tmp_path: Path, layout: str) -> None:
+    refs = {f"an4-test-{i}": "hello world" for i in range(5)}
+    hyps = {f"fsdd-{i}": "hello world" for i in range(4)}
+    if layout == "jsonl":
+        import json
+
+        ref, hyp = tmp_path / "ref.jsonl", tmp_path / "hyp.jsonl"
+        ref.write_text("".join(json.dumps({"id": k, "text": v}) + "\n" for k, v in refs.items()))
+        hyp.write_text("".join(json.dumps({"id": k, "text": v}) + "\n" for k, v in hyps.items()))
+    else:
+        ref, hyp = tmp_path / "text.ref", tmp_path / "text.hyp"
+        ref.write_text("".join(f"{k} {v}\n" for k, v in refs.items()))
+        hyp.write_text("".join(f"{k} {v}\n" for k, v in hyps.items()))
+    result = _run_score(ref, hyp)
+    assert result.exit_code != 0
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.output, result.output
+    assert str(ref) in lines[0] and str(hyp) in lines[0]
+    assert "an4-test-0" in lines[0] and "fsdd-0" in lines[0]
+    assert "WER" not in result.output
+
+    from asr.scoring import ScoringError, score_files
+
+    with pytest.raises(ScoringError, match="no hypothesis id matches"):
+        score_files(ref, hyp)
+
+
+def test_score_of_an_empty_hypothesis_file_is_refused(tmp_path: Path) -> None:
+    ref, hyp = tmp_path / "ref.txt", tmp_path / "hyp.txt"
+    ref.write_text("u1 a b\nu2 c\n")
+    hyp.write_text("")
+    result = _run_score(ref, hyp)
+    assert result.exit_code != 0 and "no hypothesis id matches" in result.output and "none" in result.output
+
+
+def test_score_with_some_ids_in_common_warns_and_counts(tmp_path: Path) -> None:
+    ref, hyp = tmp_path / "ref.txt", tmp_path / "hyp.txt"
+    ref.write_text("u1 a b\nu2 c d\n")
+    hyp.write_text("u1 a b\nzz c d\n")
+    result = _run_score(ref, hyp, "--json")
+    assert result.exit_code == 0
+    import json
+
+    scores = json.loads(result.stdout.strip().splitlines()[-1])
+    assert scores["wer"] == 50.0 and scores["missing"] == ["u2"]
+    assert "1 reference(s) without a hypothesis" in result.output
