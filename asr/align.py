@@ -22,6 +22,17 @@ No half window is added. With the default features (hop 10 ms, n_fft 512 samples
 `frame_timing` returns that lag, and a caller who wants times centred on the analysis windows
 adds it to `offset`. It is less than half a frame, the resolution of the times anyway.
 
+Words within the audio
+----------------------
+CTC places a token's spike anywhere within (or near) its sound, and a model can spread the
+first token over leading silence it never saw in training (digital zeros, say), so a word can
+start in the silence before it; and the last output frame can run past the end of a clip that
+is shorter than one frame. `fit_to_audio` keeps every word inside the audio and moves a word's
+edges in from silence: frames of 10 ms whose energy (about the frame's mean, so a DC offset is
+not sound) is below a threshold set from the audio's own noise floor and level, as the pause
+detector of `asr.segment` sets it. A word never grows, only shrinks to the first and last frame
+of sound within its own interval; a word with no sound in it keeps its (clamped) times.
+
 Confidence
 ----------
 A token's confidence is the mean posterior (exp of the log-probability) of that token over the
@@ -41,7 +52,12 @@ from asr.text import WORD_BOUNDARY, Tokenizer
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["Word", "word_alignments", "frame_timing"]
+__all__ = ["Word", "word_alignments", "frame_timing", "fit_to_audio"]
+
+ENERGY_FRAME_SECONDS = 0.01  # resolution of fit_to_audio's sound/silence decision
+NOISE_PERCENTILE, LEVEL_PERCENTILE = 10.0, 97.0
+MIN_SNR_DB = 6.0  # sound is at least this far above the noise floor ...
+RELATIVE_THRESHOLD = 0.25  # ... and this fraction of the way from the floor to the level
 
 
 @dataclass(frozen=True)
@@ -220,3 +236,42 @@ def _words(spans: list[_Span], tokenizer: Tokenizer, frame_seconds: float, offse
             current.append(span)
     close()
     return words
+
+
+def fit_to_audio(words: list[Word], samples: np.ndarray, sample_rate: int, offset: float = 0.0) -> list[Word]:
+    """`words` kept within the audio and moved in from the silence at their edges.
+
+    words: as `word_alignments` returns them, times in seconds including `offset`.
+    samples: the 1-D float audio the words were recognised from, at `sample_rate` (Hz); it
+        begins at `offset` seconds.
+    Returns new words (same text and confidence): times clamped to [offset, offset + duration],
+    then each word's start moved forward to its first 10 ms frame of sound and its end back to
+    the end of its last, within the word's own interval (see the module docstring). The audio's
+    threshold is noise floor + max(6 dB, a quarter of the way to its level) (10th and 97th
+    percentiles of frame energy in dBFS); audio with less than 6 dB between the two has no
+    pauses to find, and only the clamping applies.
+    """
+    samples = np.asarray(samples, dtype=np.float64).reshape(-1)
+    duration = len(samples) / sample_rate
+    end_of_audio = offset + duration
+    hop = max(1, int(round(ENERGY_FRAME_SECONDS * sample_rate)))
+    n = len(samples) // hop
+    sound = None
+    if n >= 2:
+        db = 10 * np.log10(samples[: n * hop].reshape(n, hop).var(axis=1) + 1e-12)
+        floor, level = np.percentile(db, [NOISE_PERCENTILE, LEVEL_PERCENTILE])
+        if level - floor >= MIN_SNR_DB:
+            sound = db > floor + max(MIN_SNR_DB, RELATIVE_THRESHOLD * (level - floor))
+    fitted = []
+    for w in words:
+        start = min(max(w.start, offset), end_of_audio)
+        end = min(max(w.end, start), end_of_audio)
+        if sound is not None:
+            lo = int(np.floor((start - offset) / ENERGY_FRAME_SECONDS))
+            hi = min(n, int(np.ceil((end - offset) / ENERGY_FRAME_SECONDS)))
+            voiced = np.flatnonzero(sound[lo:hi]) + lo
+            if len(voiced):
+                start = max(start, offset + voiced[0] * hop / sample_rate)
+                end = max(start, min(end, offset + (voiced[-1] + 1) * hop / sample_rate))
+        fitted.append(Word(w.word, start, end, w.confidence))
+    return fitted

@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import re
+import sys
+import tempfile
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,19 +49,20 @@ class BeamSearch:
         self.lm_path = lm
         self._kenlm = None
         try:
-            self.decoder = ctc_decoder(
-                lexicon=str(lexicon) if lexicon else None,
-                tokens=list(tokenizer.tokens),
-                lm=str(lm) if lm else None,
-                nbest=max(nbest, cfg.view_nbest) if len(self.speeds) > 1 else nbest,
-                beam_size=cfg.beam_size,
-                beam_threshold=cfg.beam_threshold,
-                lm_weight=cfg.lm_weight,
-                word_score=cfg.word_score,
-                blank_token=BLANK,
-                sil_token=WORD_BOUNDARY,
-                unk_word="<unk>",
-            )
+            with kenlm_quietly():
+                self.decoder = ctc_decoder(
+                    lexicon=str(lexicon) if lexicon else None,
+                    tokens=list(tokenizer.tokens),
+                    lm=str(lm) if lm else None,
+                    nbest=max(nbest, cfg.view_nbest) if len(self.speeds) > 1 else nbest,
+                    beam_size=cfg.beam_size,
+                    beam_threshold=cfg.beam_threshold,
+                    lm_weight=cfg.lm_weight,
+                    word_score=cfg.word_score,
+                    blank_token=BLANK,
+                    sil_token=WORD_BOUNDARY,
+                    unk_word="<unk>",
+                )
         except (RuntimeError, ValueError) as e:
             raise DecoderError(f"{lm or lexicon or 'decoder'}: cannot build the beam search ({str(e).splitlines()[0]})") from None
 
@@ -105,13 +113,61 @@ class BeamSearch:
         if self._kenlm is None:
             from flashlight.lib.text.decoder import KenLM
 
-            self._kenlm = KenLM(str(self.lm_path), self.decoder.word_dict)
+            with kenlm_quietly():
+                self._kenlm = KenLM(str(self.lm_path), self.decoder.word_dict)
         words = self.decoder.word_dict
         state, total = self._kenlm.start(False), 0.0
         for w in text.split():
             state, s = self._kenlm.score(state, words.get_index(w))
             total += s
         return total + self._kenlm.finish(state)[1]
+
+
+# What KenLM prints to the terminal while it reads an ARPA file: advice and a progress bar.
+_KENLM_CHATTER = re.compile(r"^(Loading the LM will be faster if you build a binary file\.|Reading .*|-*5-+10-+15-.*|\*+)?$")
+_QUIET_LOCK = threading.Lock()
+
+
+@contextmanager
+def kenlm_quietly() -> Iterator[None]:
+    """Load a KenLM without its chatter on the terminal, keeping real errors.
+
+    KenLM (inside flashlight-text) writes its advice to build a binary and a progress bar of
+    stars to the C-level stdout and stderr while it reads an ARPA file; no option turns that
+    off. File descriptors 1 and 2 are pointed at temporary files meanwhile, and whatever was
+    written is passed on afterwards, less the lines of that chatter. The descriptors belong to
+    the process, so loads are serialised by a lock; load models before serving requests.
+    """
+    with _QUIET_LOCK:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        saved: list[tuple[int, int, object]] = []
+        try:
+            for fd in (1, 2):
+                tmp = tempfile.TemporaryFile()
+                saved.append((fd, os.dup(fd), tmp))
+                os.dup2(tmp.fileno(), fd)
+        except OSError:  # no such descriptor (an embedding host): load as it is
+            for fd, copy, tmp in saved:
+                os.dup2(copy, fd)
+                os.close(copy)
+                tmp.close()
+            saved = []
+        try:
+            yield
+        finally:
+            for fd, copy, tmp in saved:
+                os.dup2(copy, fd)
+                os.close(copy)
+                tmp.seek(0)
+                text = tmp.read().decode("utf-8", "replace")
+                tmp.close()
+                kept = [line for line in text.splitlines() if not _KENLM_CHATTER.match(line.strip())]
+                if kept:
+                    print("\n".join(kept), file=sys.stdout if fd == 1 else sys.stderr, flush=True)
 
 
 def ctc_log_likelihoods(log_probs: torch.Tensor, targets: list[list[int]], boundary: int) -> torch.Tensor:

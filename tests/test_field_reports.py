@@ -150,3 +150,84 @@ def test_score_with_some_ids_in_common_warns_and_counts(tmp_path: Path) -> None:
     scores = json.loads(result.stdout.strip().splitlines()[-1])
     assert scores["wer"] == 50.0 and scores["missing"] == ["u2"]
     assert "1 reference(s) without a hypothesis" in result.output
+
+
+# KenLM's chatter stays off the terminal; real messages do not.
+
+
+def test_beam_search_with_an_arpa_lm_keeps_the_terminal_quiet(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    from asr.beam import BeamSearch
+    from asr.config import DecodeConfig
+    from asr.lm import build_arpa, write_lexicon
+    from asr.text import Tokenizer
+
+    tokens = ("<blank>", "|", "A", "B", "C")
+    lexicon = tmp_path / "lexicon.txt"
+    write_lexicon(["AB", "CAB"], tokens, lexicon)
+    arpa = build_arpa(["AB CAB"] * 3 + ["CAB"], 2, tmp_path / "lm.arpa").path
+    capfd.readouterr()
+    for speeds in ([1.0], [0.9, 1.0, 1.1]):  # views also load the LM for rescoring
+        search = BeamSearch(Tokenizer(tokens), DecodeConfig(speeds=speeds), lexicon=lexicon, lm=arpa)
+        x = torch.full((6, len(tokens)), -9.0)
+        for i, t in enumerate([2, 0, 3, 1, 4, 0]):
+            x[i, t] = 0.0
+        assert search.rescore_views([x.log_softmax(-1)] * len(speeds))[0].text
+    out, err = capfd.readouterr()
+    assert "binary file" not in out + err and "Reading" not in out + err and "*****" not in out + err, (out, err)
+
+
+def test_kenlm_quietly_passes_on_other_output(capfd: pytest.CaptureFixture[str]) -> None:
+    from asr.beam import kenlm_quietly
+
+    with kenlm_quietly():
+        os.write(2, b"Loading the LM will be faster if you build a binary file.\nReading /x/lm.arpa\n")
+        os.write(2, b"----5---10---15---20---25---30---35---40---45---50---55---60---65---70---75---80---85---90---95--100\n")
+        os.write(2, b"*" * 100 + b"\nlm.arpa:3: real error from KenLM\n")
+        os.write(1, b"a line on stdout\n")
+    out, err = capfd.readouterr()
+    assert err.strip() == "lm.arpa:3: real error from KenLM"
+    assert out.strip() == "a line on stdout"
+
+
+# 6. Word times lie within the audio and do not start in the silence before a word.
+
+
+def _speechlike(seconds: float, sr: int, rng: np.random.Generator) -> np.ndarray:
+    t = np.arange(int(seconds * sr)) / sr
+    return 0.3 * np.sin(2 * np.pi * 220 * t) * (1 + 0.5 * np.sin(2 * np.pi * 3 * t)) + 0.02 * rng.standard_normal(len(t))
+
+
+@pytest.mark.parametrize(
+    ("lead", "floor", "offset_dc"),
+    [("zeros", 0.0, 0.0), ("noise", 0.003, 0.0), ("noise", 0.003, 0.05), ("zeros", 0.0, -0.1)],
+)
+def test_fit_to_audio_moves_word_edges_out_of_silence(lead: str, floor: float, offset_dc: float) -> None:
+    from asr.align import Word, fit_to_audio
+
+    sr, rng = 16000, np.random.default_rng(4)
+    silence = floor * rng.standard_normal(int(0.7 * sr))
+    x = np.concatenate([silence, _speechlike(0.5, sr, rng), floor * rng.standard_normal(int(0.4 * sr)), _speechlike(0.6, sr, rng), floor * rng.standard_normal(int(0.3 * sr))])
+    x = x + offset_dc
+    # As an alignment that spread the first word over the leading silence and the last past the end.
+    words = [Word("ONE", 0.0, 1.25, 0.9), Word("TWO", 1.55, 2.6, 0.8)]
+    fitted = fit_to_audio(words, x, sr)
+    assert [w.word for w in fitted] == ["ONE", "TWO"] and [w.confidence for w in fitted] == [0.9, 0.8]
+    assert fitted[0].start == pytest.approx(0.7, abs=0.1)
+    assert fitted[0].end == pytest.approx(1.2, abs=0.1)
+    assert fitted[1].start == pytest.approx(1.6, abs=0.1)
+    assert fitted[1].end == pytest.approx(2.2, abs=0.1) and fitted[1].end <= len(x) / sr
+
+
+def test_fit_to_audio_clamps_to_the_clip_and_never_grows_a_word() -> None:
+    from asr.align import Word, fit_to_audio
+
+    sr = 16000
+    clip = (0.3 * np.sin(np.arange(160) / 3)).astype(np.float32)  # 10 ms
+    (w,) = fit_to_audio([Word("B", 0.0, 0.03, 0.5)], clip, sr)
+    assert 0.0 <= w.start <= w.end <= 0.01
+    # A segment 12 s into a file: times keep the offset; a word inside steady sound is unchanged.
+    steady = (0.2 * np.sin(2 * np.pi * 300 * np.arange(2 * sr) / sr)).astype(np.float32)
+    words = [Word("A", 12.2, 12.6, 1.0), Word("B", 13.5, 14.4, 1.0)]
+    assert fit_to_audio(words, steady, sr, offset=12.0) == [Word("A", 12.2, 12.6, 1.0), Word("B", 13.5, 14.0, 1.0)]
+    # A word in all-silent audio keeps its clamped times.
+    assert fit_to_audio([Word("A", 0.1, 0.3, 1.0)], np.zeros(sr), sr) == [Word("A", 0.1, 0.3, 1.0)]
