@@ -10,9 +10,9 @@ decode: a JSON document with the config (`Config.to_dict()`) and the token list.
 - ONNX (`.onnx`): the JSON is the model's `metadata_props` entry `asr`; loading needs only
   onnxruntime (`pip install 'asr[onnx]'`), exporting also onnx.
 
-int8 is dynamic (weight-only) quantization: `torch.ao.quantization.quantize_dynamic` of the LSTM
-and Linear layers for TorchScript, `onnxruntime.quantization.quantize_dynamic` of the fp32 graph
-for ONNX.
+int8 is dynamic (weight-only) quantization: `torch.ao.quantization.quantize_dynamic` of the Linear
+layers and of the layer types the encoder names (`Encoder.dynamic_quantization`: the LSTM kinds'
+nn.LSTM) for TorchScript, `onnxruntime.quantization.quantize_dynamic` of the fp32 graph for ONNX.
 
     export("exp/an4/best.pt", "exp/an4/model.onnx", format="onnx", quantize="int8")
     model = ExportedModel.load("exp/an4/model.onnx")
@@ -169,8 +169,9 @@ def _quiet() -> Iterator[None]:
 
 def _torchscript_bytes(module: ExportModule, example: tuple[torch.Tensor, torch.Tensor], quantize: str | None, meta: dict[str, Any]) -> bytes:
     if quantize == "int8":
-        module = torch.ao.quantization.quantize_dynamic(module, {nn.LSTM, nn.Linear}, dtype=torch.qint8)
-    # Traced, not scripted: CTCModel indexes a ModuleList with a loop variable, which
+        layer_types = {nn.Linear, *module.model.encoder.dynamic_quantization}  # the output layer's, and what the encoder names
+        module = torch.ao.quantization.quantize_dynamic(module, layer_types, dtype=torch.qint8)
+    # Traced, not scripted: the encoders index a ModuleList with a loop variable, which
     # torch.jit.script refuses; the model has no data-dependent control flow left to lose
     # (ExportModule takes care of the frame stacking's padding).
     with torch.inference_mode(False), torch.no_grad():

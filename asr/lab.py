@@ -17,8 +17,10 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
-from asr.config import MODEL_KINDS, Config, ConfigError, ModelConfig, parse_override, set_value
+from asr.config import Config, ConfigError, ModelConfig, parse_override, set_value
+from asr.encoders import encoder_class, encoder_names
 from asr.fileio import atomic_write_text
 from asr.inspect import first_last_ratio, gradient_norms_through_time, load_probe
 from asr.model import CTCModel, count_parameters
@@ -48,10 +50,9 @@ def _last_frame_loss(y: torch.Tensor):
 
 
 def set_forget_bias(model: CTCModel, value: float) -> None:
-    """Start every LSTM forget gate at sigmoid(value) (b_ih = value, b_hh = 0 for the f chunk)."""
-    if model.cell != "lstm":
-        return
-    layers = list(model.forward_layers) + list(model.backward_layers or [])
+    """Start every LSTM forget gate of the encoder at sigmoid(value) (b_ih = value, b_hh = 0 for
+    the f chunk); an encoder without `nn.LSTM` layers is left as it is."""
+    layers = [m for m in model.encoder.recurrent_layers() if isinstance(m, nn.LSTM)]
     with torch.no_grad():
         for lstm in layers:
             h = lstm.hidden_size
@@ -200,7 +201,7 @@ class CompareRow:
     kind: str
     hidden: int
     parameters: int
-    relative: float  # parameters / blstm's
+    relative: float  # parameters / the reference kind's (blstm's)
     epochs: int
     train_seconds: float
     dev_wer: float
@@ -208,22 +209,31 @@ class CompareRow:
     grad_ratio: float  # ||dL/dh_first|| / ||dL/dh_last||, layer 1, latest probe
 
 
-COMPARE_KINDS = ("mlp", "rnn", "gru", "lstm", "blstm")  # one of each family; bgru and brnn on request
+REFERENCE_KIND = ModelConfig().kind  # the default kind: the others get hidden sizes that match its parameter count
+
+
+def compare_kinds() -> tuple[str, ...]:
+    """The kinds `compare` trains by default: every registered kind that runs one direction, the
+    last registered first (mlp, rnn, gru, lstm for the built-in ones: one of each family), then
+    the reference kind (blstm). The other two-direction kinds (bgru, brnn) on request."""
+    one_way = [k for k in reversed(encoder_names()) if not encoder_class(k).bidirectional and k != REFERENCE_KIND]
+    return (*one_way, REFERENCE_KIND)
 
 
 def compare(
     data: str | Path,
     out: str | Path,
     minutes_per_model: float = 10.0,
-    kinds: list[str] | tuple[str, ...] = COMPARE_KINDS,
+    kinds: list[str] | tuple[str, ...] | None = None,
     overrides: list[str] | None = None,
     recipe: str = "an4",
     probe_every: int = 50,
     log=None,
 ) -> Path:
-    """Prepare the recipe's corpus from `data`, train every kind for `minutes_per_model` (stopped at
-    the first epoch boundary past it; re-running resumes) with hidden sizes that match the
-    blstm's parameter count, decode dev and test greedily and write OUT/RESULTS.md."""
+    """Prepare the recipe's corpus from `data`, train every kind (default: `compare_kinds()`) for
+    `minutes_per_model` (stopped at the first epoch boundary past it; re-running resumes) with
+    hidden sizes that match the reference kind's (blstm's) parameter count, decode dev and test
+    greedily and write OUT/RESULTS.md. ConfigError for a kind that is not registered."""
     from asr.corpora import prepare
     from asr.features import FeatureExtractor
     from asr.manifest import read_manifest
@@ -232,9 +242,11 @@ def compare(
     from asr.train import last_metrics, train
 
     log = log or _log
-    unknown = [k for k in kinds if k not in MODEL_KINDS]
+    kinds = compare_kinds() if kinds is None else kinds
+    known = encoder_names()
+    unknown = [k for k in kinds if k not in known]
     if unknown or not kinds:
-        raise ConfigError(f"--kinds: unknown kind(s) {', '.join(unknown) or '(none given)'}; choose from {', '.join(MODEL_KINDS)}")
+        raise ConfigError(f"--kinds: unknown kind(s) {', '.join(unknown) or '(none given)'}; choose from {', '.join(known)}")
     out = Path(out)
     rec = load_recipe(recipe)
     base = rec.config
@@ -255,15 +267,15 @@ def compare(
 
     input_dim = FeatureExtractor(base.features).dim
     vocab = len(Tokenizer.from_texts(u.text for u in read_manifest(base.data.train)))
-    reference = parameter_count(replace(base.model, kind="blstm"), input_dim, vocab)
+    reference = parameter_count(replace(base.model, kind=REFERENCE_KIND), input_dim, vocab)
     rows = []
     for kind in kinds:
         cfg = copy.deepcopy(base)
         cfg.model.kind = kind
-        if kind != "blstm":
+        if kind != REFERENCE_KIND:
             cfg.model.hidden = matching_hidden(cfg.model, input_dim, vocab, reference)
         n = parameter_count(cfg.model, input_dim, vocab)
-        log(f"{kind}: hidden {cfg.model.hidden}, {n / 1e6:.2f} M parameters ({n / reference:.0%} of blstm's); training for {minutes_per_model:g} min")
+        log(f"{kind}: hidden {cfg.model.hidden}, {n / 1e6:.2f} M parameters ({n / reference:.0%} of {REFERENCE_KIND}'s); training for {minutes_per_model:g} min")
         exp = out / kind
         best = train(cfg, exp)
         dev_wer, test_wer = (_greedy_wer(best, data_dir / f"{sets[s]}.jsonl", exp / "decode" / s) for s in ("dev", "test"))
@@ -295,11 +307,11 @@ def _compare_table(rows: list[CompareRow], base: Config, minutes: float, recipe:
         f"# Model families on {recipe}",
         "",
         f"Each kind trained for {minutes:g} min (stopped at the first epoch boundary past it), {m.layers} layers, stack {m.stack}, "
-        f"dropout {m.dropout}, mlp context ±{m.context} stacked frames; hidden sizes chosen to match the blstm's parameter count. "
+        f"dropout {m.dropout}, mlp context ±{m.context} stacked frames; hidden sizes chosen to match the {REFERENCE_KIND}'s parameter count. "
         "Greedy decoding of best.pt (lowest dev WER). Gradient ratio: ‖∂L/∂h_first‖ / ‖∂L/∂h_last‖ of layer 1 on the probe batch "
         f"at the last probe (train.probe_every = {base.train.probe_every}).",
         "",
-        "| kind | hidden | parameters | vs blstm | epochs | training time | dev WER % | test WER % | gradient ratio first/last |",
+        f"| kind | hidden | parameters | vs {REFERENCE_KIND} | epochs | training time | dev WER % | test WER % | gradient ratio first/last |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:

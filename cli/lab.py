@@ -56,14 +56,14 @@ def compare_cmd(
     data: Annotated[Path, typer.Option(help="The AN4 corpus on disk.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Experiment folder: data/, one folder per kind, RESULTS.md.")],
     minutes_per_model: Annotated[float, typer.Option(help="Training time per model (stops at the first epoch boundary past it).")] = 10.0,
-    kinds: Annotated[list[str] | None, typer.Option(help="Model kinds, repeatable or comma-separated. \\[default: mlp, rnn, gru, lstm, blstm]")] = None,
+    kinds: Annotated[list[str] | None, typer.Option(help="Model kinds, repeatable or comma-separated. \\[default: every one-direction kind, then blstm (asr.lab.compare_kinds)]")] = None,
     overrides: Annotated[list[str] | None, typer.Option("--set", help="Override a config value of the an4 recipe: section.key=value.")] = None,
     probe_every: Annotated[int, typer.Option(help="Gradient probe every N updates (train.probe_every).")] = 50,
 ) -> None:
     """Train every model kind on AN4 at a similar parameter budget and time, decode dev and test
     greedily, and write a Markdown table (re-running resumes)."""
-    from asr.lab import COMPARE_KINDS, compare
+    from asr.lab import compare
 
-    chosen = [k.strip() for value in kinds or [] for k in value.split(",") if k.strip()] or list(COMPARE_KINDS)
+    chosen = [k.strip() for value in kinds or [] for k in value.split(",") if k.strip()] or None
     table = compare(data, out, minutes_per_model=minutes_per_model, kinds=chosen, overrides=overrides, probe_every=probe_every)
     typer.echo(table.read_text(encoding="utf-8"), nl=False)

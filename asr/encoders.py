@@ -1,0 +1,486 @@
+"""Encoders, the model families: what the acoustic model runs between frame stacking and the
+output layer, and the registry that maps `model.kind` to them.
+
+`asr.model.CTCModel` is frame stacking + an encoder + a linear output layer. An encoder is an
+`Encoder` subclass registered under the kind's name; nothing else in the toolkit lists the kinds:
+configuration checks `model.kind` against `encoder_names()`, and `asr inspect`, `asr lab` and
+`asr export` ask the encoder for what they need (its layer names, its gates, its gradients
+through time, whether it can stream, which of its layers dynamic quantization handles).
+
+A new model family is one class here (or anywhere imported before the config is read):
+
+    @register_encoder("conv")
+    class ConvEncoder(Encoder):
+        def __init__(self, input_dim: int, cfg: ModelConfig):
+            super().__init__(input_dim, cfg)
+            self.conv = nn.Conv1d(input_dim, cfg.hidden, 3, padding=1)
+            self.output_dim = cfg.hidden
+
+        def forward(self, x, lengths, layer_outputs=None):
+            y = self.conv(x.transpose(1, 2)).transpose(1, 2).relu()
+            if layer_outputs is not None:
+                layer_outputs.append(y)
+            return y, lengths
+
+        def layer_names(self) -> list[str]:
+            return [f"layer 1 (conv, {self.output_dim} units)"]
+
+The built-in kinds: blstm, lstm, bgru, gru, brnn, rnn (LSTM, GRU or tanh Elman RNN layers; b: both
+directions) and mlp (ReLU layers over a window of stacked frames).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar, TypeVar
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from asr.config import ConfigError, ModelConfig
+
+
+class NotStreamingError(ValueError):
+    """Streaming asked of an encoder that needs the whole utterance (see `Encoder.streaming`)."""
+
+
+# ------------------------------------------------------------------------------ tensor helpers
+
+
+def reverse_padded(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """Reverse each sequence of a (B, T, D) batch within its own length; padding stays at the end."""
+    steps = torch.arange(x.shape[1], device=x.device)
+    idx = lengths.to(x.device)[:, None] - 1 - steps[None, :]
+    idx = torch.where(idx >= 0, idx, steps[None, :])
+    return x.gather(1, idx[:, :, None].expand(-1, -1, x.shape[2]))
+
+
+def mask_padding(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """Frames of a (B, T, D) batch past each length set to zero."""
+    real = torch.arange(x.shape[1], device=x.device)[None, :] < lengths.to(x.device)[:, None]
+    return x * real[:, :, None].to(x.dtype)
+
+
+def context_window(x: torch.Tensor, context: int) -> torch.Tensor:
+    """(B, T, D) -> (B, T, (2c+1)D): each frame with the `context` frames before and after it
+    (frames t-c .. t+c in order), zeros beyond the edges."""
+    if context == 0:
+        return x
+    frames = x.shape[1]
+    padded = F.pad(x, (0, 0, context, context))
+    return torch.cat([padded[:, k : k + frames] for k in range(2 * context + 1)], dim=-1)
+
+
+# ------------------------------------------------------------------------ the encoder interface
+
+LossOfTop = Callable[[torch.Tensor], torch.Tensor]  # the encoder's top output (B, T', output_dim) -> scalar loss
+
+
+@dataclass
+class GateTrace:
+    """One LSTM layer's forward direction over an utterance, each (T', units)."""
+
+    input_gate: np.ndarray
+    forget_gate: np.ndarray
+    output_gate: np.ndarray
+    cell: np.ndarray
+    hidden: np.ndarray
+
+
+class Encoder(nn.Module):
+    """The network between frame stacking and the output layer of `asr.model.CTCModel`.
+
+    A subclass implements:
+
+    - `__init__(input_dim, cfg)`: calls `super().__init__(input_dim, cfg)`, creates its parameters
+      (with a seeded generator, in a fixed order: a model's initial weights depend on it) and sets
+      `output_dim`, the width of its outputs;
+    - `forward(x, lengths, layer_outputs=None) -> (y, lengths)`: x (B, T', input_dim) are stacked
+      frames, zero past each utterance's length T' (`lengths`, (B,) int64); y (B, T'', output_dim)
+      and T'' (most encoders keep T'' = T'). With a list as `layer_outputs`, each layer's output
+      (B, T'', output_dim) is appended, in order: intermediate CTC, `asr inspect` and the default
+      `gradient_norms` read them, through the same output layer as the top one;
+    - `layer_names()` when its layers are not `cfg.layers` of width `output_dim`.
+
+    and may override `gates`, `gradient_norms`, `recurrent_layers` and, for a streaming encoder,
+    `init_state` and `step`. Its state-dict entries are stored at the top level of a checkpoint's
+    `model` (see `CTCModel`), so no entry may be named `output`.
+    """
+
+    streaming: ClassVar[bool] = False  # whether init_state/step can run it a chunk at a time
+    bidirectional: ClassVar[bool] = False  # whether it also runs backward in time (the legacy model.bidirectional key)
+    # Kinds that differ only in direction share a family; the legacy `model.bidirectional` key
+    # moves between them (see `kind_with_direction`). "": no sibling kinds.
+    family: ClassVar[str] = ""
+    # Layer types besides nn.Linear that `asr export --quantize int8` quantizes (TorchScript,
+    # `torch.ao.quantization.quantize_dynamic`).
+    dynamic_quantization: ClassVar[tuple[type[nn.Module], ...]] = ()
+
+    def __init__(self, input_dim: int, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.input_dim = input_dim
+        self.output_dim = 0  # set by the subclass
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor, layer_outputs: list[torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def layer_names(self) -> list[str]:
+        """One label per layer, in the order `forward` appends their outputs."""
+        return [f"layer {i + 1} ({self.cfg.kind}, {self.output_dim} units)" for i in range(self.cfg.layers)]
+
+    def recurrent_layers(self) -> list[nn.RNNBase]:
+        """The encoder's `nn.LSTM`/`nn.GRU`/`nn.RNN` modules (forward directions first); none here."""
+        return []
+
+    def gates(self, x: torch.Tensor) -> list[GateTrace]:
+        """LSTM gates of each layer over one utterance's stacked frames x (T', input_dim), for
+        `asr inspect`; empty for an encoder without them. Run in eval mode."""
+        return []
+
+    def gradient_norms(self, x: torch.Tensor, lengths: torch.Tensor, loss_of_top: LossOfTop) -> torch.Tensor:
+        """||d loss / d h_t|| for every layer and output step t: (layers, T'').
+
+        x (B, T', input_dim) and `lengths` as for `forward`; `loss_of_top` maps the top layer's
+        output to the loss. h_t is the layer's output at step t, the norm over the batch and the
+        units. This default differentiates with respect to each layer's whole output, which is
+        d loss / d h_t when no later step is computed from h_t (a feed-forward encoder); a
+        recurrent encoder overrides it to follow every path through time."""
+        outputs: list[torch.Tensor] = []
+        top, _ = self(x, lengths, outputs)
+        grads = torch.autograd.grad(loss_of_top(top), outputs)
+        return torch.stack([g.float().pow(2).sum(dim=(0, 2)).sqrt() for g in grads])
+
+    def init_state(self, batch: int, device: torch.device | str | None = None) -> Any:
+        """The state a streaming encoder starts `batch` utterances from (zeros), for `step`.
+        Raises NotStreamingError for an encoder that needs the whole utterance."""
+        raise NotStreamingError(f"model.kind {self.cfg.kind!r} cannot stream: it needs the whole utterance (streaming kinds: {', '.join(streaming_names()) or 'none'})")
+
+    def step(self, x: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any]:
+        """The next chunk x (B, T', input_dim) of stacked frames from `state` -> its outputs
+        (B, T', output_dim) and the state after it: chunk after chunk, the outputs of `forward`
+        on the whole (eval mode: no dropout). Raises NotStreamingError where `streaming` is false."""
+        raise NotStreamingError(f"model.kind {self.cfg.kind!r} cannot stream: it needs the whole utterance (streaming kinds: {', '.join(streaming_names()) or 'none'})")
+
+
+# ---------------------------------------------------------------------------------- registry
+
+ENCODERS: dict[str, type[Encoder]] = {}  # model.kind -> its class, in registration order
+E = TypeVar("E", bound=type[Encoder])
+
+
+def register_encoder(kind: str, *, replace: bool = False) -> Callable[[E], E]:
+    """Class decorator: make `kind` a `model.kind` that builds the decorated `Encoder` subclass.
+
+    Raises ValueError for a name that is not a plain lowercase identifier, a class that is not an
+    Encoder, or a kind already registered (unless `replace`)."""
+    if not kind.isidentifier() or kind != kind.lower():
+        raise ValueError(f"an encoder kind must be a lowercase identifier, got {kind!r}")
+
+    def register(cls: E) -> E:
+        if not (isinstance(cls, type) and issubclass(cls, Encoder)):
+            raise ValueError(f"register_encoder({kind!r}) takes an Encoder subclass, got {cls!r}")
+        if kind in ENCODERS and not replace and ENCODERS[kind] is not cls:
+            raise ValueError(f"model.kind {kind!r} is already registered ({ENCODERS[kind].__name__})")
+        ENCODERS[kind] = cls
+        return cls
+
+    return register
+
+
+def encoder_names() -> tuple[str, ...]:
+    """Every registered `model.kind`, in registration order."""
+    return tuple(ENCODERS)
+
+
+def streaming_names() -> tuple[str, ...]:
+    """The registered kinds whose encoders can stream."""
+    return tuple(k for k, cls in ENCODERS.items() if cls.streaming)
+
+
+def encoder_class(kind: str) -> type[Encoder]:
+    """The class registered as `kind`; a one-line ConfigError naming the known kinds otherwise."""
+    try:
+        return ENCODERS[kind]
+    except (KeyError, TypeError):
+        raise ConfigError(f"model.kind must be one of {', '.join(ENCODERS)}, got {kind!r}") from None
+
+
+def build_encoder(input_dim: int, cfg: ModelConfig) -> Encoder:
+    """The encoder of `cfg.kind` for inputs of width `input_dim` (stacked frames)."""
+    return encoder_class(cfg.kind)(input_dim, cfg)
+
+
+def kind_with_direction(kind: str, bidirectional: bool) -> str:
+    """The kind of `kind`'s family that runs one direction or both (the legacy
+    `model.bidirectional` key): kind_with_direction("lstm", True) == "blstm". ConfigError when
+    the family has no such kind (mlp with both directions) or `kind` is not registered."""
+    cls = encoder_class(kind)
+    if cls.bidirectional == bidirectional:
+        return kind
+    for other, other_cls in ENCODERS.items():
+        if cls.family and other_cls.family == cls.family and other_cls.bidirectional == bidirectional:
+            return other
+    raise ConfigError(f"model.bidirectional = {'true' if bidirectional else 'false'} does not apply to model.kind = {kind!r}")
+
+
+# ------------------------------------------------------------------------------ recurrent kinds
+
+
+@dataclass
+class Unrolled:
+    """A recurrent layer run one step at a time: `states[t]` is h_t (B, H), a node of the autograd
+    graph that h_{t+1} and the layer's output are computed from; `gates` (LSTM, when asked for)
+    holds i, f, o and c per step."""
+
+    output: torch.Tensor  # (B, T, H): the states stacked
+    states: list[torch.Tensor]
+    gates: dict[str, list[torch.Tensor]] | None = None
+
+
+def unroll(layer: nn.RNNBase, x: torch.Tensor, keep_gates: bool = False) -> Unrolled:
+    """Run a one-layer, one-direction `nn.LSTM`, `nn.GRU` or `nn.RNN` (tanh) over x (B, T, I) from
+    zero state with its own weights, step by step, in PyTorch's gate order: LSTM i, f, g, o; GRU
+    r, z, n. The fused kernels return h_t as outputs only, so a gradient taken with respect to
+    their output at t misses every path through h_{t+1}; here each h_t is a node of the graph and
+    `torch.autograd.grad(loss, states)` is the whole d loss / d h_t of backpropagation through time."""
+    if layer.num_layers != 1 or layer.bidirectional or getattr(layer, "proj_size", 0) or not layer.batch_first:
+        raise ValueError("unroll takes a one-layer, one-direction, batch-first recurrent layer without projection")
+    mode = layer.mode  # "LSTM", "GRU", "RNN_TANH", "RNN_RELU"
+    w_hh = layer.weight_hh_l0
+    b_hh = layer.bias_hh_l0 if layer.bias else None
+    x_part = torch.nn.functional.linear(x, layer.weight_ih_l0, layer.bias_ih_l0 if layer.bias else None)  # all steps at once
+    batch, frames = x.shape[:2]
+    h = x.new_zeros(batch, layer.hidden_size)
+    c = torch.zeros_like(h)
+    states: list[torch.Tensor] = []
+    gates: dict[str, list[torch.Tensor]] | None = {"i": [], "f": [], "o": [], "c": []} if keep_gates and mode == "LSTM" else None
+    for t in range(frames):
+        h_part = torch.nn.functional.linear(h, w_hh, b_hh)
+        if mode == "LSTM":
+            i, f, g, o = (x_part[:, t] + h_part).chunk(4, dim=-1)
+            i, f, g, o = i.sigmoid(), f.sigmoid(), g.tanh(), o.sigmoid()
+            c = f * c + i * g
+            h = o * c.tanh()
+            if gates is not None:
+                for k, v in zip("ifoc", (i, f, o, c), strict=True):
+                    gates[k].append(v)
+        elif mode == "GRU":
+            xr, xz, xn = x_part[:, t].chunk(3, dim=-1)
+            hr, hz, hn = h_part.chunk(3, dim=-1)
+            r, z = (xr + hr).sigmoid(), (xz + hz).sigmoid()
+            h = (1 - z) * (xn + r * hn).tanh() + z * h
+        elif mode == "RNN_TANH":
+            h = (x_part[:, t] + h_part).tanh()
+        else:
+            h = (x_part[:, t] + h_part).relu()
+        states.append(h)
+    output = torch.stack(states, dim=1) if states else x.new_zeros(batch, 0, layer.hidden_size)
+    return Unrolled(output, states, gates)
+
+
+@torch.no_grad()
+def lstm_gates(lstm: nn.LSTM, x: torch.Tensor) -> GateTrace:
+    """Recompute a one-layer `nn.LSTM`'s gates from its weights over a sequence x (T, input):
+    i, f, g, o = chunks of W_ih x_t + b_ih + W_hh h_{t-1} + b_hh (PyTorch's order);
+    c_t = f c_{t-1} + i g, h_t = o tanh(c_t), from zero state (see `unroll`)."""
+    run = unroll(lstm, x[None], keep_gates=True)
+    g = {k: torch.stack(v, dim=1)[0].float().cpu().numpy() for k, v in run.gates.items()}
+    return GateTrace(g["i"], g["f"], g["o"], g["c"], run.output[0].float().cpu().numpy())
+
+
+def _stacked(grads: Any, states: list[torch.Tensor]) -> torch.Tensor:
+    """The next len(states) gradients of the iterator `grads` as (B, T, H); an unused state's is zero."""
+    taken = [next(grads) for _ in states]
+    return torch.stack([g if g is not None else torch.zeros_like(s) for g, s in zip(taken, states, strict=True)], dim=1)
+
+
+class RecurrentEncoder(Encoder):
+    """`cfg.layers` recurrent layers of `cfg.hidden` units per direction, one `cell` module per
+    layer and direction (`forward_layers`, and `backward_layers` when bidirectional, else None),
+    dropout between layers; a bidirectional layer's output is both directions concatenated
+    (forward first), output_dim = hidden * directions.
+
+    The backward direction of each layer runs on every utterance reversed within its own length,
+    so padding always comes after the real frames and never reaches them: a batched utterance gets
+    exactly the output it gets alone. On a CPU this is about 1.7-2x faster than packed sequences
+    (bench/model_step.py), and length bucketing keeps the padding itself to a few per cent.
+
+    One-direction kinds stream: `init_state`/`step` carry each layer's hidden (and LSTM cell)
+    state from chunk to chunk."""
+
+    cell: ClassVar[type[nn.RNNBase]]
+
+    def __init__(self, input_dim: int, cfg: ModelConfig):
+        super().__init__(input_dim, cfg)
+        directions = 2 if self.bidirectional else 1
+        sizes = [input_dim] + [cfg.hidden * directions] * (cfg.layers - 1)
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.forward_layers = nn.ModuleList(self.cell(n, cfg.hidden, batch_first=True) for n in sizes)
+        self.backward_layers = nn.ModuleList(self.cell(n, cfg.hidden, batch_first=True) for n in sizes) if self.bidirectional else None
+        self.output_dim = cfg.hidden * directions
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor, layer_outputs: list[torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        for i, forward in enumerate(self.forward_layers):
+            if i > 0:
+                x = self.dropout(x)
+            y, _ = forward(x)
+            if self.backward_layers is not None:
+                yb, _ = self.backward_layers[i](reverse_padded(x, lengths))
+                y = torch.cat([y, reverse_padded(yb, lengths)], dim=-1)
+            x = y
+            if layer_outputs is not None:
+                layer_outputs.append(x)
+        return x, lengths
+
+    def layer_names(self) -> list[str]:
+        n = self.cfg.hidden
+        units = f"2 x {n}" if self.backward_layers is not None else f"{n}"
+        return [f"layer {i + 1} ({self.cfg.kind}, {units} units)" for i in range(self.cfg.layers)]
+
+    def recurrent_layers(self) -> list[nn.RNNBase]:
+        return list(self.forward_layers) + list(self.backward_layers or [])
+
+    def gradient_norms(self, x: torch.Tensor, lengths: torch.Tensor, loss_of_top: LossOfTop) -> torch.Tensor:
+        """As `Encoder.gradient_norms`, with the recurrence unrolled on the same weights (see
+        `unroll`): h_t's gradient takes in every path through the later steps (backpropagation
+        through time), both directions together for a bidirectional layer (the norm of the
+        concatenation), steps past each length left out. No dropout."""
+        h = x
+        runs: list[tuple[Unrolled, Unrolled | None]] = []
+        for i, forward in enumerate(self.forward_layers):
+            fwd = unroll(forward, h)
+            bwd = unroll(self.backward_layers[i], reverse_padded(h, lengths)) if self.backward_layers is not None else None
+            h = fwd.output if bwd is None else torch.cat([fwd.output, reverse_padded(bwd.output, lengths)], dim=-1)
+            runs.append((fwd, bwd))
+        loss = loss_of_top(h)
+        nodes = [s for fwd, bwd in runs for s in fwd.states + (bwd.states if bwd else [])]
+        grads = iter(torch.autograd.grad(loss, nodes, allow_unused=True))
+        norms = []
+        for fwd, bwd in runs:
+            squares = _stacked(grads, fwd.states).pow(2).sum(-1)  # (B, T')
+            if bwd is not None:
+                back = _stacked(grads, bwd.states)  # in each utterance's reversed time
+                squares = squares + reverse_padded(back, lengths).pow(2).sum(-1)
+            norms.append(mask_padding(squares[:, :, None], lengths)[:, :, 0].sum(0).sqrt())
+        return torch.stack(norms).float()
+
+    def gates(self, x: torch.Tensor) -> list[GateTrace]:
+        """LSTM kinds: each layer's forward direction over x (T', input_dim), its input the layer
+        below's output (both directions); other cells have no gates to show here."""
+        if self.cell is not nn.LSTM:
+            return []
+        outputs: list[torch.Tensor] = []
+        with torch.no_grad():
+            self(x[None], torch.tensor([x.shape[0]]), outputs)
+        layer_inputs = [x] + [o[0] for o in outputs[:-1]]
+        return [lstm_gates(lstm, h) for lstm, h in zip(self.forward_layers, layer_inputs, strict=True)]
+
+    def init_state(self, batch: int, device: torch.device | str | None = None) -> list[Any]:
+        """One-direction kinds: per layer, zeros h (1, B, H) (LSTM: the pair h, c)."""
+        if not self.streaming:
+            return super().init_state(batch, device)
+        device = device if device is not None else self.forward_layers[0].weight_ih_l0.device
+        dtype = self.forward_layers[0].weight_ih_l0.dtype
+        zeros = [torch.zeros(1, batch, self.cfg.hidden, device=device, dtype=dtype) for _ in self.forward_layers]
+        return [(h, torch.zeros_like(h)) if self.cell is nn.LSTM else h for h in zeros]
+
+    def step(self, x: torch.Tensor, state: list[Any]) -> tuple[torch.Tensor, list[Any]]:
+        if not self.streaming:
+            return super().step(x, state)
+        new_state = []
+        for i, (layer, s) in enumerate(zip(self.forward_layers, state, strict=True)):
+            if i > 0:
+                x = self.dropout(x)
+            x, s = layer(x, s)
+            new_state.append(s)
+        return x, new_state
+
+
+@register_encoder("blstm")
+class BLSTMEncoder(RecurrentEncoder):
+    """LSTM layers, both directions."""
+
+    cell = nn.LSTM
+    family = "lstm"
+    bidirectional = True
+    dynamic_quantization = (nn.LSTM,)
+
+
+@register_encoder("lstm")
+class LSTMEncoder(RecurrentEncoder):
+    """LSTM layers, one direction."""
+
+    cell = nn.LSTM
+    family = "lstm"
+    streaming = True
+    dynamic_quantization = (nn.LSTM,)
+
+
+@register_encoder("bgru")
+class BGRUEncoder(RecurrentEncoder):
+    """GRU layers, both directions."""
+
+    cell = nn.GRU
+    family = "gru"
+    bidirectional = True
+
+
+@register_encoder("gru")
+class GRUEncoder(RecurrentEncoder):
+    """GRU layers, one direction."""
+
+    cell = nn.GRU
+    family = "gru"
+    streaming = True
+
+
+@register_encoder("brnn")
+class BRNNEncoder(RecurrentEncoder):
+    """tanh (Elman) RNN layers, both directions."""
+
+    cell = nn.RNN
+    family = "rnn"
+    bidirectional = True
+
+
+@register_encoder("rnn")
+class RNNEncoder(RecurrentEncoder):
+    """tanh (Elman) RNN layers, one direction."""
+
+    cell = nn.RNN
+    family = "rnn"
+    streaming = True
+
+
+# ---------------------------------------------------------------------------------- mlp
+
+
+@register_encoder("mlp")
+class MLPEncoder(Encoder):
+    """`cfg.layers` ReLU layers of `cfg.hidden` units (`hidden_layers`, dropout before all but the
+    first) on a window of `2 * cfg.context + 1` stacked frames centred on each one; the window sees
+    zeros past an utterance's end (CTCModel zeroes the padding), so a batched utterance gets
+    exactly the output it gets alone. Looks ahead `cfg.context` frames: it does not stream."""
+
+    family = "mlp"
+
+    def __init__(self, input_dim: int, cfg: ModelConfig):
+        super().__init__(input_dim, cfg)
+        if not 0 <= cfg.context <= 50:
+            raise ValueError(f"model.context must be between 0 and 50, got {cfg.context}")
+        sizes = [input_dim * (2 * cfg.context + 1)] + [cfg.hidden] * (cfg.layers - 1)
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.hidden_layers = nn.ModuleList(nn.Linear(n, cfg.hidden) for n in sizes)
+        self.output_dim = cfg.hidden
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor, layer_outputs: list[torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        x = context_window(x, self.cfg.context)
+        for i, layer in enumerate(self.hidden_layers):
+            x = torch.relu(layer(self.dropout(x) if i > 0 else x))
+            if layer_outputs is not None:
+                layer_outputs.append(x)
+        return x, lengths
