@@ -31,9 +31,9 @@ directions) and mlp (ReLU layers over a window of stacked frames).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, TypeVar, overload
 
 import numpy as np
 import torch
@@ -172,11 +172,19 @@ ENCODERS: dict[str, type[Encoder]] = {}  # model.kind -> its class, in registrat
 E = TypeVar("E", bound=type[Encoder])
 
 
-def register_encoder(kind: str, *, replace: bool = False) -> Callable[[E], E]:
-    """Class decorator: make `kind` a `model.kind` that builds the decorated `Encoder` subclass.
+@overload
+def register_encoder(kind: str, cls: None = None, *, replace: bool = False) -> Callable[[E], E]: ...
+@overload
+def register_encoder(kind: str, cls: E, *, replace: bool = False) -> E: ...
+
+
+def register_encoder(kind: str, cls: E | None = None, *, replace: bool = False) -> E | Callable[[E], E]:
+    """Make `kind` a `model.kind` that builds the `Encoder` subclass `cls`: as a call,
+    `register_encoder("conv", ConvEncoder)`, or as a class decorator, `@register_encoder("conv")`.
+    Returns the class (the call) or the decorator.
 
     Raises ValueError for a name that is not a plain lowercase identifier, a class that is not an
-    Encoder, or a kind already registered (unless `replace`)."""
+    Encoder, or a kind already registered to another class (unless `replace`)."""
     if not kind.isidentifier() or kind != kind.lower():
         raise ValueError(f"an encoder kind must be a lowercase identifier, got {kind!r}")
 
@@ -184,11 +192,11 @@ def register_encoder(kind: str, *, replace: bool = False) -> Callable[[E], E]:
         if not (isinstance(cls, type) and issubclass(cls, Encoder)):
             raise ValueError(f"register_encoder({kind!r}) takes an Encoder subclass, got {cls!r}")
         if kind in ENCODERS and not replace and ENCODERS[kind] is not cls:
-            raise ValueError(f"model.kind {kind!r} is already registered ({ENCODERS[kind].__name__})")
+            raise ValueError(f"model.kind {kind!r} is already registered ({ENCODERS[kind].__name__}); pass replace=True to replace it")
         ENCODERS[kind] = cls
         return cls
 
-    return register
+    return register if cls is None else register(cls)
 
 
 def encoder_names() -> tuple[str, ...]:
@@ -292,7 +300,7 @@ def lstm_gates(lstm: nn.LSTM, x: torch.Tensor) -> GateTrace:
     return GateTrace(g["i"], g["f"], g["o"], g["c"], run.output[0].float().cpu().numpy())
 
 
-def _stacked(grads: Any, states: list[torch.Tensor]) -> torch.Tensor:
+def _stacked(grads: Iterator[torch.Tensor | None], states: list[torch.Tensor]) -> torch.Tensor:
     """The next len(states) gradients of the iterator `grads` as (B, T, H); an unused state's is zero."""
     taken = [next(grads) for _ in states]
     return torch.stack([g if g is not None else torch.zeros_like(s) for g, s in zip(taken, states, strict=True)], dim=1)

@@ -88,8 +88,16 @@ def test_register_refuses_clashes_and_non_encoders(registry) -> None:
     with pytest.raises(ValueError, match="lowercase identifier"):
         register_encoder("Conv Net")
     assert encoder_names() == BUILT_IN
-    register_encoder("lstm", replace=True)(ConvEncoder)
+    assert register_encoder("lstm", ConvEncoder, replace=True) is ConvEncoder
     assert encoder_class("lstm") is ConvEncoder
+
+
+def test_lab_compares_one_kind_of_each_family_and_the_reference(registry) -> None:
+    from asr.lab import compare_kinds
+
+    assert compare_kinds() == ("mlp", "rnn", "gru", "lstm", "blstm")
+    register_encoder("conv", ConvEncoder)
+    assert compare_kinds() == ("conv", "mlp", "rnn", "gru", "lstm", "blstm")
 
 
 def test_the_legacy_bidirectional_key_asks_the_families() -> None:
