@@ -1,4 +1,6 @@
-"""CTC beam search with a lexicon and an n-gram LM (torchaudio's flashlight-text decoder, KenLM inside)."""
+"""CTC search: greedy, and beam search with a lexicon and an n-gram LM (torchaudio's
+flashlight-text decoder, KenLM inside), each as a batch search, a search over one utterance's
+speed views, and an online search for audio that arrives in chunks (the `Decoder` protocol)."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Protocol
 
 import torch
 
@@ -29,14 +32,87 @@ class Hypothesis:
     token_ids: list[int]  # without blanks and repeats, `|` between words
 
 
+class OnlineSearch(Protocol):
+    """One utterance searched as its log-probabilities arrive (torchaudio's CTCDecoder
+    decode_begin / decode_step / decode_end): `Decoder.begin()` starts one."""
+
+    def step(self, log_probs: torch.Tensor) -> None:
+        """Take the next (frames, tokens) log-probabilities of the utterance."""
+
+    def partial(self) -> Hypothesis:
+        """The best hypothesis so far (it may still change)."""
+
+    def end(self) -> list[Hypothesis]:
+        """Finish the utterance: its n best, best first. The search cannot be stepped again."""
+
+
+class Decoder(Protocol):
+    """What decoding needs of a search: a batch search, one for the speed views of one
+    utterance, and an online search. `speeds` are the views it combines ((1.0,): one view)."""
+
+    tokenizer: Tokenizer
+    speeds: tuple[float, ...]
+
+    def __call__(self, log_probs: torch.Tensor, lengths: torch.Tensor) -> list[list[Hypothesis]]:
+        """n-best hypotheses for each utterance of a (B, T, V) batch with (B,) lengths."""
+
+    def search_views(self, views: list[torch.Tensor]) -> list[Hypothesis]:
+        """One utterance's (frames, tokens) log-probabilities at each of `speeds` -> its n best."""
+
+    def begin(self) -> OnlineSearch:
+        """A new online search for one utterance."""
+
+
+class GreedySearch:
+    """The best token per frame, repeats merged, blanks removed. Needs no state but the last
+    frame's token, so its online search gives exactly the batch result however the frames are
+    split."""
+
+    speeds: tuple[float, ...] = (1.0,)
+
+    def __init__(self, tokenizer: Tokenizer):
+        self.tokenizer = tokenizer
+
+    def __call__(self, log_probs: torch.Tensor, lengths: torch.Tensor) -> list[list[Hypothesis]]:
+        return greedy(self.tokenizer, log_probs, lengths)
+
+    def search_views(self, views: list[torch.Tensor]) -> list[Hypothesis]:
+        """Greedy decoding of the first view (greedy decoding has no scores to pool)."""
+        return self(views[0][None], torch.tensor([len(views[0])]))[0]
+
+    def begin(self) -> _GreedyOnline:
+        return _GreedyOnline(self.tokenizer)
+
+
+class _GreedyOnline:
+    def __init__(self, tokenizer: Tokenizer):
+        self.tokenizer, self.ids, self.last = tokenizer, [], tokenizer.blank
+
+    def step(self, log_probs: torch.Tensor) -> None:
+        for t in log_probs.argmax(-1).tolist():
+            if t != self.last and t != self.tokenizer.blank:
+                self.ids.append(t)
+            self.last = t
+
+    def partial(self) -> Hypothesis:
+        return Hypothesis(self.tokenizer.decode(self.ids), 0.0, list(self.ids))
+
+    def end(self) -> list[Hypothesis]:
+        return [self.partial()]
+
+
 class BeamSearch:
     """Lexicon-constrained (with `lexicon`) or lexicon-free beam search, with an optional KenLM
     (ARPA or binary) weighted by `lm_weight`, plus `word_score` per word. With several
-    `cfg.speeds`, `rescore_views` combines the searches of one utterance's speed views."""
+    `cfg.speeds`, `search_views` combines the searches of one utterance's speed views
+    (`asr.views`).
+
+    The LM is loaded once. A flashlight decoder keeps the state of the utterance it is
+    searching, so each thread gets its own decoder over the shared LM (KenLM queries are
+    read-only), and so does each online search: one BeamSearch serves many threads at once.
+    """
 
     def __init__(self, tokenizer: Tokenizer, cfg: DecodeConfig, lexicon: str | Path | None = None, lm: str | Path | None = None, nbest: int = 1):
-        from torchaudio.models.decoder import ctc_decoder
-
         for path, what in [(lexicon, "lexicon"), (lm, "language model")]:
             if path is not None and not Path(path).is_file():
                 raise DecoderError(f"{path}: {what} file not found")
@@ -45,82 +121,120 @@ class BeamSearch:
         self.tokenizer = tokenizer
         self.cfg = cfg
         self.nbest = nbest
-        self.speeds = list(cfg.speeds)
+        self.speeds = tuple(cfg.speeds)
+        self.lexicon = lexicon
         self.lm_path = lm
-        self._kenlm = None
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        first = self._build(str(lm) if lm else None)
+        self._lm = first.lm if lm else None  # the loaded KenLM, shared by every later decoder
+        self.word_dict = first.word_dict
+        self._local.decoder = first
+
+    def _build(self, lm: Any) -> Any:
+        from torchaudio.models.decoder import ctc_decoder
+
         try:
             with kenlm_quietly():
-                self.decoder = ctc_decoder(
-                    lexicon=str(lexicon) if lexicon else None,
-                    tokens=list(tokenizer.tokens),
-                    lm=str(lm) if lm else None,
-                    nbest=max(nbest, cfg.view_nbest) if len(self.speeds) > 1 else nbest,
-                    beam_size=cfg.beam_size,
-                    beam_threshold=cfg.beam_threshold,
-                    lm_weight=cfg.lm_weight,
-                    word_score=cfg.word_score,
+                return ctc_decoder(
+                    lexicon=str(self.lexicon) if self.lexicon else None,
+                    tokens=list(self.tokenizer.tokens),
+                    lm=lm,
+                    nbest=max(self.nbest, self.cfg.view_nbest) if len(self.speeds) > 1 else self.nbest,
+                    beam_size=self.cfg.beam_size,
+                    beam_threshold=self.cfg.beam_threshold,
+                    lm_weight=self.cfg.lm_weight,
+                    word_score=self.cfg.word_score,
                     blank_token=BLANK,
                     sil_token=WORD_BOUNDARY,
                     unk_word="<unk>",
                 )
         except (RuntimeError, ValueError) as e:
-            raise DecoderError(f"{lm or lexicon or 'decoder'}: cannot build the beam search ({str(e).splitlines()[0]})") from None
+            raise DecoderError(f"{self.lm_path or self.lexicon or 'decoder'}: cannot build the beam search ({str(e).splitlines()[0]})") from None
+
+    @property
+    def decoder(self) -> Any:
+        """This thread's flashlight decoder (torchaudio's CTCDecoder)."""
+        decoder = getattr(self._local, "decoder", None)
+        if decoder is None:
+            with self._lock:
+                decoder = self._local.decoder = self._build(self._lm)
+        return decoder
 
     def __call__(self, log_probs: torch.Tensor, lengths: torch.Tensor) -> list[list[Hypothesis]]:
         """n-best hypotheses for each utterance of a (B, T, V) batch of log-probabilities."""
-        boundary = self.tokenizer.tokens.index(WORD_BOUNDARY)
-        emissions, lengths = _end_with_boundary(log_probs.detach().float().cpu(), lengths.cpu(), boundary)
+        emissions, lengths = _end_with_boundary(log_probs.detach().float().cpu(), lengths.cpu(), self.boundary)
         results = self.decoder(emissions, lengths.to(torch.int32))
-        out = []
-        for hyps in results:
-            utt = []
-            for h in hyps:
-                ids = [int(t) for t in h.tokens if int(t) != self.tokenizer.blank]
-                while ids and ids[0] == boundary:
-                    ids.pop(0)
-                while ids and ids[-1] == boundary:
-                    ids.pop()
-                text = " ".join(w for w in h.words if w != "<unk>") if h.words else self.tokenizer.decode(ids)
-                utt.append(Hypothesis(text, float(h.score), ids))
-            out.append(utt or [Hypothesis("", float("-inf"), [])])
-        return out
+        return [[self._hypothesis(h.tokens, h.words, h.score) for h in hyps] or [Hypothesis("", float("-inf"), [])] for hyps in results]
 
-    def rescore_views(self, views: list[torch.Tensor]) -> list[Hypothesis]:
-        """One utterance's log-probabilities (frames, tokens) at each of `speeds` -> its n best.
+    @property
+    def boundary(self) -> int:
+        return self.tokenizer.tokens.index(WORD_BOUNDARY)
 
-        Every view is searched; the pooled hypotheses are scored by their CTC log-likelihood
-        (summed over alignments) averaged over the views, plus the LM and word scores, as the
-        search scores its own paths. Views of one recording err in different places, so the
-        mean is a small ensemble from one model. One view is the search's own n best."""
-        if len(views) == 1:
-            return self(views[0][None], torch.tensor([len(views[0])]))[0]
-        pooled = {h.text: h for lp in views for h in self(lp[None], torch.tensor([len(lp)]))[0] if h.score > float("-inf")}
-        if not pooled:
-            return [Hypothesis("", float("-inf"), [])]
-        texts = list(pooled)
-        targets = [self.tokenizer.encode(t) for t in texts]
-        am = torch.stack([ctc_log_likelihoods(lp, targets, self.tokenizer.tokens.index(WORD_BOUNDARY)) for lp in views]).mean(0)
-        scored = [
-            Hypothesis(t, float(a) + self.cfg.lm_weight * self.lm_log10(t) + self.cfg.word_score * len(t.split()), pooled[t].token_ids)
-            for t, a in zip(texts, am, strict=True)
-        ]
-        return sorted(scored, key=lambda h: -h.score)[: self.nbest]
+    def _hypothesis(self, tokens: Any, words: Any, score: float) -> Hypothesis:
+        """A flashlight result as a Hypothesis: blanks, and `|` at either end, dropped."""
+        ids = [int(t) for t in tokens if int(t) != self.tokenizer.blank]
+        while ids and ids[0] == self.boundary:
+            ids.pop(0)
+        while ids and ids[-1] == self.boundary:
+            ids.pop()
+        text = " ".join(w for w in words if w != "<unk>") if words else self.tokenizer.decode(ids)
+        return Hypothesis(text, float(score), ids)
+
+    def search_views(self, views: list[torch.Tensor]) -> list[Hypothesis]:
+        """One utterance's log-probabilities (frames, tokens) at each of `speeds` -> its n best
+        (`asr.views.search_views`; one view is the search's own n best)."""
+        from asr.views import search_views
+
+        return search_views(self, views)
+
+    rescore_views = search_views
+
+
+    def begin(self) -> _BeamOnline:
+        """An online search of one utterance, with a decoder of its own over the shared LM."""
+        with self._lock:
+            return _BeamOnline(self, self._build(self._lm))
 
     def lm_log10(self, text: str) -> float:
         """The LM's log10 probability of a sentence, as the search adds it (0 without an LM)."""
-        if self.lm_path is None:
+        if self._lm is None:
             return 0.0
-        if self._kenlm is None:
-            from flashlight.lib.text.decoder import KenLM
-
-            with kenlm_quietly():
-                self._kenlm = KenLM(str(self.lm_path), self.decoder.word_dict)
-        words = self.decoder.word_dict
-        state, total = self._kenlm.start(False), 0.0
+        words = self.word_dict
+        state, total = self._lm.start(False), 0.0
         for w in text.split():
-            state, s = self._kenlm.score(state, words.get_index(w))
+            state, s = self._lm.score(state, words.get_index(w))
             total += s
-        return total + self._kenlm.finish(state)[1]
+        return total + self._lm.finish(state)[1]
+
+
+class _BeamOnline:
+    def __init__(self, search: BeamSearch, decoder: Any):
+        self.search, self.decoder, self.frames, self.done = search, decoder, 0, False
+        decoder.decode_begin()
+
+    def step(self, log_probs: torch.Tensor) -> None:
+        if self.done:
+            raise RuntimeError("this online search has ended")
+        if len(log_probs):
+            self.decoder.decode_step(log_probs.detach().float().cpu().contiguous())
+            self.frames += len(log_probs)
+
+    def partial(self) -> Hypothesis:
+        if self.frames == 0:
+            return Hypothesis("", 0.0, [])
+        best = self.decoder.decoder.get_best_hypothesis(0)
+        return self.search._hypothesis(best.tokens, [self.search.word_dict.get_entry(w) for w in best.words if w >= 0], best.score)
+
+    def end(self) -> list[Hypothesis]:
+        if not self.done:
+            closing = torch.full((1, len(self.search.tokenizer)), -1e4)
+            closing[0, self.search.boundary] = 0.0
+            self.decoder.decode_step(closing)
+            self.decoder.decode_end()
+            self.done = True
+        hyps = [self.search._hypothesis(h.tokens, h.words, h.score) for h in self.decoder.get_final_hypothesis()]
+        return hyps[: self.search.nbest] or [Hypothesis("", float("-inf"), [])]
 
 
 # What KenLM prints to the terminal while it reads an ARPA file: advice and a progress bar.
@@ -170,20 +284,6 @@ def kenlm_quietly() -> Iterator[None]:
                     print("\n".join(kept), file=sys.stdout if fd == 1 else sys.stderr, flush=True)
 
 
-def ctc_log_likelihoods(log_probs: torch.Tensor, targets: list[list[int]], boundary: int) -> torch.Tensor:
-    """log P(target | log_probs) over all CTC alignments for each target (token ids, words joined
-    by `boundary`), scored as the beam search reads them: with a closing boundary frame after the
-    utterance and an optional boundary before the first word (the better of the two counts)."""
-    emissions, lengths = _end_with_boundary(log_probs[None].float(), torch.tensor([len(log_probs)]), boundary)
-    variants = [[*t, boundary] for t in targets] + [[boundary, *t, boundary] if t else [boundary] for t in targets]
-    padded = torch.zeros(len(variants), max(len(v) for v in variants), dtype=torch.long)
-    for i, v in enumerate(variants):
-        padded[i, : len(v)] = torch.tensor(v)
-    frames = emissions[0][:, None].expand(-1, len(variants), -1)
-    nll = torch.nn.functional.ctc_loss(frames, padded, lengths.expand(len(variants)), torch.tensor([len(v) for v in variants]), blank=0, reduction="none")
-    return -nll.view(2, len(targets)).min(0).values
-
-
 def _end_with_boundary(log_probs: torch.Tensor, lengths: torch.Tensor, boundary: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Append one frame that is certainly the word boundary after each utterance.
 
@@ -213,9 +313,8 @@ def greedy(tokenizer: Tokenizer, log_probs: torch.Tensor, lengths: torch.Tensor)
     return [[Hypothesis(tokenizer.decode(ids), 0.0, ids)] for ids in greedy_ids(log_probs, lengths, tokenizer.blank)]
 
 
-def build_decoder(model, cfg: DecodeConfig, beam: bool = False, lexicon: str | Path | None = None, lm: str | Path | None = None, nbest: int = 1):
-    """Greedy decoding unless a beam, lexicon or LM is asked for; returns a callable
-    (log_probs, lengths) -> n-best hypotheses per utterance."""
+def build_decoder(model: Any, cfg: DecodeConfig, beam: bool = False, lexicon: str | Path | None = None, lm: str | Path | None = None, nbest: int = 1) -> Decoder:
+    """A `GreedySearch` unless a beam, lexicon or LM is asked for, else a `BeamSearch`."""
     if not (beam or lexicon or lm or nbest > 1):
-        return lambda log_probs, lengths: greedy(model.tokenizer, log_probs, lengths)
+        return GreedySearch(model.tokenizer)
     return BeamSearch(model.tokenizer, cfg, lexicon=lexicon, lm=lm, nbest=nbest)

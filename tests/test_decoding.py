@@ -122,7 +122,7 @@ def test_ctc_log_likelihoods_sum_every_alignment() -> None:
 
     import torch
 
-    from asr.beam import ctc_log_likelihoods
+    from asr.views import ctc_log_likelihoods
 
     torch.manual_seed(0)
     frames, vocab, boundary = 4, 3, 1  # tokens: blank, |, A
@@ -144,9 +144,10 @@ def test_ctc_log_likelihoods_sum_every_alignment() -> None:
 def test_speed_views_outvote_one_views_narrow_choice(tmp_path: Path) -> None:
     import torch
 
-    from asr.beam import BeamSearch, ctc_log_likelihoods
+    from asr.beam import BeamSearch
     from asr.config import DecodeConfig
     from asr.text import Tokenizer
+    from asr.views import ctc_log_likelihoods
 
     tokenizer = Tokenizer(("<blank>", "|", "A", "B"))
     lexicon = tmp_path / "lexicon.txt"
@@ -157,7 +158,7 @@ def test_speed_views_outvote_one_views_narrow_choice(tmp_path: Path) -> None:
     cfg = DecodeConfig(lm_weight=0.0, word_score=0.0, speeds=[1.0, 1.1])
     search = BeamSearch(tokenizer, cfg, lexicon=lexicon, nbest=2)
     assert search(narrow_a[None], torch.tensor([3]))[0][0].text == "A"
-    best, second = search.rescore_views([narrow_a, clear_b])
+    best, second = search.search_views([narrow_a, clear_b])
     assert (best.text, second.text) == ("B", "A")
     mean = torch.stack([ctc_log_likelihoods(v, [[3]], 1) for v in (narrow_a, clear_b)]).mean()
     assert abs(best.score - float(mean)) < 1e-4

@@ -1,0 +1,130 @@
+"""The inference seam: decoding options resolved in one place, searches with a declared
+interface (batch, speed views, online), and models used from several threads at once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from asr.beam import BeamSearch, GreedySearch
+from asr.config import ConfigError, DecodeConfig
+from asr.options import DecodeOptions, make_decoder, resolve_options
+from asr.text import Tokenizer
+
+TOKENS = ("<blank>", "|", "A", "B", "C")
+
+
+def _emissions(path: list[int], frames_per_token: int = 2, seed: int = 0) -> torch.Tensor:
+    """(T, V) log-probabilities that favour `path` (one token per group of frames), with noise."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(len(path) * frames_per_token, len(TOKENS), generator=gen)
+    for i, t in enumerate(path):
+        x[i * frames_per_token : (i + 1) * frames_per_token, t] += 6.0
+    return x.log_softmax(-1)
+
+
+def test_options_precedence_checkpoint_then_file_then_flags(tmp_path: Path) -> None:
+    ckpt = DecodeConfig(lm_weight=0.75, word_score=2.0, speeds=[0.9, 1.0, 1.1])
+    assert resolve_options(ckpt) == DecodeOptions(lm_weight=0.75, word_score=2.0, speeds=(0.9, 1.0, 1.1))
+    tuned = tmp_path / "decode.toml"
+    tuned.write_text("[decode]\nlm_weight = 1.5\nbeam_size = 20\n")
+    opts = resolve_options(ckpt, tuned, word_score=-1.0, lexicon=tmp_path / "lex.txt")
+    assert (opts.lm_weight, opts.word_score, opts.beam_size, opts.speeds) == (1.5, -1.0, 20, (0.9, 1.0, 1.1))
+    assert opts.lexicon == str(tmp_path / "lex.txt") and opts.uses_beam
+    # Resolving copies: the checkpoint's settings are never written to.
+    assert ckpt == DecodeConfig(lm_weight=0.75, word_score=2.0, speeds=[0.9, 1.0, 1.1])
+    with pytest.raises(AttributeError):
+        opts.lm_weight = 3.0  # type: ignore[misc]
+    # Greedy decoding searches one view whatever the checkpoint carries; --speeds implies the beam.
+    assert resolve_options(ckpt).views == (1.0,)
+    assert resolve_options(ckpt, speeds=[1.0, 1.1]).views == (1.0, 1.1)
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [({"speeds": [0.9, 1.1]}, "1.0 among them"), ({"view_nbest": 0}, "at least 1"), ({"beam_width": 3}, "unknown decoding option")],
+)
+def test_bad_options_name_the_problem(flags: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        resolve_options(DecodeConfig(), **flags)
+
+
+def test_bad_decoder_file(tmp_path: Path) -> None:
+    bad = tmp_path / "d.toml"
+    bad.write_text("[decode]\nlm_weight = 'heavy'\n")
+    with pytest.raises(ConfigError, match=str(bad)):
+        resolve_options(DecodeConfig(), bad)
+    with pytest.raises(ConfigError, match="file not found"):
+        resolve_options(DecodeConfig(), tmp_path / "missing.toml")
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 3, 7, 100])
+def test_online_greedy_equals_batch_for_any_chunking(chunk: int) -> None:
+    tok = Tokenizer(TOKENS)
+    lp = _emissions([2, 0, 2, 3, 1, 4, 4, 0, 4, 2], frames_per_token=3)
+    search = GreedySearch(tok)
+    batch = search(lp[None], torch.tensor([len(lp)]))[0][0]
+    online = search.begin()
+    partials = []
+    for i in range(0, len(lp), chunk):
+        online.step(lp[i : i + chunk])
+        partials.append(online.partial().token_ids)
+    final = online.end()[0]
+    assert final.token_ids == batch.token_ids and final.text == batch.text
+    assert all(final.token_ids[: len(p)] == p for p in partials)  # greedy partials only grow
+
+
+def _lexicon_and_lm(tmp_path: Path) -> tuple[Path, Path]:
+    from asr.lm import build_arpa, write_lexicon
+
+    lexicon = tmp_path / "lexicon.txt"
+    write_lexicon(["AB", "CAB", "CC", "BA"], TOKENS, lexicon)
+    arpa = build_arpa(["AB CAB", "CAB CC", "AB CC BA", "BA CAB"], 2, tmp_path / "lm.arpa").path
+    return lexicon, arpa
+
+
+@pytest.mark.parametrize("chunk", [1, 4, 9, 1000])
+def test_online_beam_search_ends_as_the_batch_search(tmp_path: Path, chunk: int) -> None:
+    lexicon, arpa = _lexicon_and_lm(tmp_path)
+    search = BeamSearch(Tokenizer(TOKENS), DecodeConfig(lm_weight=0.5, word_score=1.0), lexicon=lexicon, lm=arpa, nbest=3)
+    lp = _emissions([2, 3, 0, 1, 4, 2, 3, 0, 1, 4, 0, 4], frames_per_token=3, seed=1)
+    batch = search(lp[None], torch.tensor([len(lp)]))[0]
+    online = search.begin()
+    assert online.partial().text == ""
+    for i in range(0, len(lp), chunk):
+        online.step(lp[i : i + chunk])
+        assert set(online.partial().text.split()) <= {"AB", "CAB", "CC", "BA"}
+    final = online.end()
+    assert [h.text for h in final] == [h.text for h in batch]
+    assert [h.score for h in final] == pytest.approx([h.score for h in batch], abs=1e-3)
+    assert batch[0].text == "AB CAB CC"
+    with pytest.raises(RuntimeError, match="ended"):
+        online.step(lp[:1])
+
+
+def test_one_beam_search_serves_threads_and_streams_at_once(tmp_path: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    lexicon, arpa = _lexicon_and_lm(tmp_path)
+    search = BeamSearch(Tokenizer(TOKENS), DecodeConfig(lm_weight=0.5), lexicon=lexicon, lm=arpa)
+    utts = [_emissions(p, 3, seed=s) for s, p in enumerate([[2, 3, 0, 1, 4, 2, 3], [4, 0, 4, 1, 3, 2], [3, 2, 1, 4, 2, 3, 1, 2, 3]] * 4)]
+    alone = [search(u[None], torch.tensor([len(u)]))[0][0].text for u in utts]
+    with ThreadPoolExecutor(4) as pool:
+        together = list(pool.map(lambda u: search(u[None], torch.tensor([len(u)]))[0][0].text, utts))
+    assert together == alone
+    streams = [search.begin() for _ in utts[:3]]
+    for i in range(0, 30, 5):  # interleaved: each stream keeps its own state
+        for s, u in zip(streams, utts[:3], strict=True):
+            s.step(u[i : i + 5])
+    assert [s.end()[0].text for s in streams] == alone[:3]
+
+
+def test_make_decoder_follows_the_options(tmp_path: Path) -> None:
+    tok = Tokenizer(TOKENS)
+    assert isinstance(make_decoder(tok, DecodeOptions()), GreedySearch)
+    assert isinstance(make_decoder(tok, DecodeOptions(speeds=(0.9, 1.0))), GreedySearch)
+    lexicon, arpa = _lexicon_and_lm(tmp_path)
+    beam = make_decoder(tok, resolve_options(DecodeConfig(), lexicon=lexicon, lm=arpa, speeds=[0.9, 1.0, 1.1]))
+    assert isinstance(beam, BeamSearch) and beam.speeds == (0.9, 1.0, 1.1)
