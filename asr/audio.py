@@ -27,17 +27,32 @@ instead: libsndfile cannot decode it and its true length is unknown.
 Usable but unusual audio loads and is reported in `LoadedAudio.notes`: several channels
 (averaged to mono), another sample rate (resampled), truncation, clipping
 (`clipping_fraction`), silence (`is_silent`), float samples beyond full scale.
+
+File names are bytes: a name that is not UTF-8 (`caf\xe9.wav`, a str with a lone surrogate
+in Python) opens like any other, since libsndfile is given `os.fsencode(path)`. Problems of
+the name or of a link are said as such, never blamed on the audio: "invalid file name (...)",
+"file name too long", "dangling symbolic link (to TARGET, not found)", "symbolic link loop"
+(`asr.fileio.path_problem`).
+
+Audio sampled below the rate a model was trained at is upsampled, but the band above half its
+own rate stays empty: `SampleRateCheck` counts such inputs in a run and warns once.
 """
 
 from __future__ import annotations
 
+import os
 import struct
-from dataclasses import dataclass
+import sys
+from collections import Counter
+from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
+from typing import TextIO
 
 import numpy as np
 import soundfile as sf
+
+from asr.fileio import display, path_problem
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".sph", ".ogg", ".mp3", ".opus", ".aiff", ".aif", ".au")
 
@@ -118,7 +133,7 @@ def audio_info(path: str | Path) -> AudioInfo:
     info = _probe(path)
     if info.subtype in _FLOAT_SUBTYPES:
         try:
-            for block in sf.blocks(str(path), blocksize=1 << 16, dtype="float32", always_2d=True):
+            for block in sf.blocks(_sf_path(path), blocksize=1 << 16, dtype="float32", always_2d=True):
                 if not np.isfinite(block).all():
                     raise AudioError(path, "samples contain NaN or Inf")
         except AudioError:
@@ -145,7 +160,7 @@ def load_audio_with_notes(path: str | Path, sample_rate: int = 16000) -> LoadedA
     path = Path(path)
     info = _probe(path)
     try:
-        samples, sr = sf.read(str(path), dtype="float32", always_2d=True)
+        samples, sr = sf.read(_sf_path(path), dtype="float32", always_2d=True)
     except MemoryError:
         raise AudioError(path, f"too large to load ({info.frames} frames x {info.channels} channels)") from None
     except Exception as e:
@@ -221,13 +236,78 @@ def resample(samples: np.ndarray, orig_sr: int, new_sr: int) -> np.ndarray:
     return AF.resample(x, ratio.denominator, ratio.numerator).numpy()
 
 
+# --- narrowband audio into a wideband model ----------------------------------------------
+
+
+@dataclass
+class SampleRateCheck:
+    """Inputs whose own sample rate is below `model_rate` (the rate of the model's training
+    audio, `cfg.features.sample_rate`), counted over a run and said once.
+
+    Such audio is upsampled to the model's rate, but nothing is above half its own rate (4 kHz
+    for 8 kHz telephone audio, A-law and mu-law included), where a wideband model finds much of
+    what it learnt: errors multiply, silently. Every command that feeds audio to a model (files:
+    `asr.decode.transcribe`, `asr.decode.decode_manifest`; arrays with their rate: a stream or a
+    server) calls `add` with each input's own rate and `warn` when it is done (a server: when
+    it likes, e.g. at the first narrowband input); `warn` prints at most once per check.
+    """
+
+    model_rate: int
+    rates: Counter = field(default_factory=Counter)  # own rate -> inputs seen at it
+    warned: bool = False
+
+    def add(self, rate: int, count: int = 1) -> bool:
+        """Count `count` inputs at `rate` Hz; True when that is below the model's rate."""
+        self.rates[int(rate)] += count
+        return int(rate) < self.model_rate
+
+    @property
+    def narrowband(self) -> dict[int, int]:
+        """Rate -> inputs, for the rates below the model's, lowest first."""
+        return {r: n for r, n in sorted(self.rates.items()) if r < self.model_rate and n > 0}
+
+    def message(self) -> str | None:
+        """One line saying how many inputs, at which rates, and what to do; None when none is below."""
+        low = self.narrowband
+        if not low:
+            return None
+        total = sum(self.rates.values())
+        count = sum(low.values())
+        rates = ", ".join(f"{r} Hz: {n}" for r, n in low.items())
+        lowest = min(low)
+        return (
+            f"{count} of {total} {'file' if total == 1 else 'files'} with a sample rate below the model's {self.model_rate} Hz "
+            f"({rates}): upsampled, they are empty above half their own rate ({lowest // 2} Hz at {lowest} Hz), "
+            "a band the model was trained with, so expect many more errors; for narrowband (e.g. telephone) "
+            f"audio, train a model on narrowband audio with features.sample_rate = {lowest} "
+            f"(asr train ... --set features.sample_rate={lowest})"
+        )
+
+    def warn(self, file: TextIO | None = None) -> bool:
+        """Print "warning: <message>" on `file` (default stderr) unless already done or nothing
+        is below the model's rate; True when printed."""
+        text = self.message()
+        if self.warned or text is None:
+            return False
+        self.warned = True
+        print(f"warning: {display(text)}", file=file or sys.stderr, flush=True)
+        return True
+
+
 # --- header checks ------------------------------------------------------------------------
+
+
+def _sf_path(path: str | Path) -> bytes:
+    """The path as bytes for soundfile, which would encode a str strictly and fail on a name
+    that is not UTF-8 (a str with lone surrogates)."""
+    return os.fsencode(path)
 
 
 def _probe(path: Path) -> AudioInfo:
     """Header facts with every header-level check; AudioError with a reason otherwise."""
-    if not path.exists():
-        raise AudioError(path, "file not found")
+    problem = path_problem(path)
+    if problem:
+        raise AudioError(path, problem)
     if not path.is_file():
         raise AudioError(path, "not a file")
     try:
@@ -240,7 +320,9 @@ def _probe(path: Path) -> AudioInfo:
         raise AudioError(path, "empty file")
     wav = _wav_header(path) if head[:4] == b"RIFF" and head[8:12] == b"WAVE" else None
     try:
-        info = sf.info(str(path))
+        info = sf.info(_sf_path(path))
+    except UnicodeError as e:  # a name problem, whatever libsndfile's wrapper makes of it
+        raise AudioError(path, f"invalid file name ({e})") from None
     except Exception as e:
         raise AudioError(path, _why_unreadable(head, wav, _sf_message(e))) from None
     if info.frames <= 0:
@@ -263,7 +345,7 @@ def _check_flac_end(path: Path, frames: int) -> None:
     """Decode a FLAC file's last frame (a seek: a few reads) so that a stream cut short,
     whose header still counts every frame, is caught without decoding the whole file."""
     try:
-        with sf.SoundFile(str(path)) as f:
+        with sf.SoundFile(_sf_path(path)) as f:
             f.seek(frames - 1)
             got = len(f.read(1, dtype="float32"))
     except Exception:

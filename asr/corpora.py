@@ -7,6 +7,10 @@ that is not recognised raises PrepareError; a bad item never does.
 
 `prepare` runs an importer, validates every split and writes `<split>.jsonl` and
 `rejected.jsonl`; `export_kaldi` turns a manifest into a Kaldi data dir.
+
+Folders are walked following symbolic links (speaker folders linked from other storage);
+a dangling link is a reject with its reason. File names that are not UTF-8 are kept: escaped
+in the JSON manifests, as their own bytes in Kaldi files (`asr.fileio`).
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from asr.audio import AUDIO_EXTENSIONS
-from asr.fileio import atomic_write_text
+from asr.fileio import atomic_write_text, distinct_names, path_problem, read_text, walk_files
 from asr.manifest import (
     Rejected,
     Utterance,
@@ -179,28 +183,36 @@ def import_folder(src: str | Path) -> Imported:
     """Audio files anywhere under src, each with a same-stem `.txt` transcript beside it.
 
     One split, `all`. id = path relative to src without extension, `/` -> `-`; speaker =
-    the parent folder relative to src the same way ("" at top level). Hidden files and
+    the parent folder relative to src the same way ("" at top level). Ids stay distinct:
+    files that would share one (`utt1.wav` and `utt1.flac`; `a-b/c.wav` and `a/b-c.wav`) are
+    named by their relative path with extension, then with `/` (`asr.fileio.distinct_names`).
+    Links to folders and files are followed (link cycles are cut); a dangling link, a link
+    loop or a folder that cannot be listed is a reject with its reason. Hidden files and
     folders are skipped; audio without a .txt is a reject.
     """
     src = _require_dir(src)
-    files = sorted(
-        p
-        for p in src.rglob("*")
-        if p.suffix.lower() in AUDIO_EXTENSIONS
-        and p.is_file()
-        and not any(part.startswith(".") for part in p.relative_to(src).parts)
-    )
-    if not files:
+    walk = walk_files(src, AUDIO_EXTENSIONS, skip_hidden=True)
+    for path, problem in walk.problems:
+        if path == src:
+            raise PrepareError(f"{src}: {problem}")
+    if not walk.files and not walk.problems:
         raise PrepareError(f"{src}: no audio files ({' '.join(AUDIO_EXTENSIONS)})")
 
+    items = sorted([(p, "") for p in walk.files] + walk.problems, key=lambda item: str(item[0]))
+    rels = [p.relative_to(src).as_posix() for p, _ in items]
+    ids = distinct_names(rels, "-")
     out = Imported(["all"])
-    for audio in files:
+    for (audio, problem), utt_id in zip(items, ids, strict=True):
         rel = audio.relative_to(src)
-        utt_id = rel.with_suffix("").as_posix().replace("/", "-")
         speaker = rel.parent.as_posix().replace("/", "-") if rel.parent.parts else ""
+        if problem:
+            out.reject("all", utt_id, audio, problem)
+            continue
         txt = audio.with_suffix(".txt")
         if not txt.is_file():
-            out.reject("all", utt_id, audio, "no transcript")
+            txt_problem = path_problem(txt)
+            missing = txt_problem is None or txt_problem == "file not found"
+            out.reject("all", utt_id, audio, "no transcript" if missing else f"transcript {txt.name}: {txt_problem}")
             continue
         try:
             text = txt.read_text(encoding="utf-8")
@@ -230,7 +242,7 @@ def import_kaldi(src: str | Path) -> Imported:
         entries: dict[str, str] = {}
         if not (src / name).is_file():
             return entries
-        for line in _read_lines(src / name):
+        for line in _read_lines(src / name, errors="surrogateescape"):  # paths and ids are bytes to Kaldi
             fields = line.split(maxsplit=1)
             if not fields:
                 continue
@@ -259,6 +271,8 @@ def import_kaldi(src: str | Path) -> Imported:
             out.reject(split, utt_id, "", "no audio path in wav.scp")
         elif wav.endswith("|"):
             out.reject(split, utt_id, wav, "piped wav.scp entries are not supported")
+        elif _SURROGATE.search(texts[utt_id]):
+            out.reject(split, utt_id, wav, "transcript is not UTF-8 text")
         else:
             speaker = speakers.get(utt_id, "")
             utt = Utterance(
@@ -326,6 +340,8 @@ def prepare(corpus: str, src: str | Path, out_dir: str | Path) -> PrepareReport:
     src = _require_dir(src)
     out_dir = Path(out_dir)
     imported = importer(src)
+    if "rejected" in imported:
+        raise PrepareError(f"{src}: split 'rejected' would be written to rejected.jsonl, which lists the rejected items; rename the split's folder")
 
     kept: dict[str, list[Utterance]] = {}
     rejected: dict[str, list[Rejected]] = {}
@@ -398,8 +414,8 @@ def export_kaldi(manifest_path: str | Path, out_dir: str | Path) -> int:
         "utt2spk": (f"{u.id} {speaker[u.id]}" for u in utts),
         "spk2utt": (f"{spk} {' '.join(spk2utt[spk])}" for spk in sorted(spk2utt)),
     }
-    for name, lines in files.items():
-        atomic_write_text(out_dir / name, "".join(line + "\n" for line in lines))
+    for name, lines in files.items():  # file names that are not UTF-8 keep their bytes, as Kaldi reads them
+        atomic_write_text(out_dir / name, "".join(line + "\n" for line in lines), errors="surrogateescape")
     return len(utts)
 
 
@@ -416,19 +432,22 @@ def _require_dir(src: str | Path) -> Path:
     return path
 
 
-def _read_lines(path: Path) -> list[str]:
-    try:
-        return path.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError:
-        raise PrepareError(f"{path}: not UTF-8 text") from None
-    except OSError as e:
-        raise PrepareError(f"{path}: cannot read ({e.strerror})") from None
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _read_lines(path: Path, errors: str = "strict") -> list[str]:
+    """The lines of a UTF-8 text file; errors="surrogateescape" keeps bytes that are not UTF-8
+    (a Kaldi table's file names) as lone surrogates. PrepareError naming the file otherwise."""
+    text = read_text(path, PrepareError, errors)
+    return text.splitlines()
 
 
 def _audio_by_stem(folder: Path, extensions: tuple[str, ...]) -> dict[str, Path]:
-    """Audio files under folder by stem; an earlier extension wins when a stem has several."""
+    """Audio files under folder (links followed) by stem; an earlier extension wins when a stem has several."""
+    files = walk_files(folder, extensions).files
     found: dict[str, Path] = {}
     for ext in extensions:
-        for path in sorted(folder.rglob(f"*{ext}")):
-            found.setdefault(path.stem, path)
+        for path in files:
+            if path.suffix.lower() == ext:
+                found.setdefault(path.stem, path)
     return found

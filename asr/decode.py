@@ -2,10 +2,18 @@
 
 An acoustic model is anything with `cfg`, `tokenizer`, `extractor` and
 `log_probs(feats, lengths)`: a checkpoint's Recognizer or an exported model.
+
+Inputs stay distinct: `find_audio` walks folders (following links) and keeps the folder each
+file came from, `output_names` / `utterance_ids` name outputs and CTM ids after the path below
+the inputs' common folder (so `spk1/utt1.wav` and `spk2/utt1.wav` give `spk1/utt1.srt` and
+`spk2/utt1.srt`), and a manifest with duplicate ids is refused. Audio sampled below the model's
+training rate is counted (`asr.audio.SampleRateCheck`) and said once per run.
 """
 
 from __future__ import annotations
 
+import os
+import re
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -16,12 +24,13 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from asr.audio import AUDIO_EXTENSIONS, AudioError, audio_info, load_audio
+from asr.audio import AUDIO_EXTENSIONS, AudioError, SampleRateCheck, audio_info, load_audio_with_notes
 from asr.beam import Hypothesis, build_decoder
 from asr.checkpoint import Recognizer
 from asr.data import bucket_batches, pad_batch, speed_perturb
 from asr.features import one_thread
-from asr.manifest import read_manifest, write_jsonl
+from asr.fileio import distinct_names, walk_files
+from asr.manifest import ManifestError, read_manifest, require_unique_ids, write_jsonl
 
 Decoder = Callable[[torch.Tensor, torch.Tensor], list[list[Hypothesis]]]
 LONG_AUDIO_SECONDS = 30.0  # longer files are split at pauses and decoded segment by segment
@@ -52,12 +61,14 @@ def decode_items(
     batch_frames: int | None = None,
     keep_log_probs: bool = False,
     progress: bool = True,
+    rate_check: SampleRateCheck | None = None,
 ) -> Iterator[Decoded]:
     """Decode (key, audio path) pairs in length-bucketed batches; unreadable audio yields
-    a Decoded with `hyps=None` and the reason."""
+    a Decoded with `hyps=None` and the reason. Keys must be distinct (equal keys must name
+    the same audio). With `rate_check`, each readable file's own sample rate is added to it."""
     decoder = decoder or build_decoder(model, model.cfg.decode)
     speeds = getattr(decoder, "speeds", [1.0])  # test-time speed views (BeamSearch.rescore_views)
-    feats, failed = _read_features(model, items, speeds, progress)
+    feats, failed = _read_features(model, items, speeds, progress, rate_check)
     yield from failed
     keys = list(feats)
     batch_frames = batch_frames or model.cfg.decode.batch_frames
@@ -70,7 +81,9 @@ def decode_items(
         yield Decoded(k, decoder.rescore_views(views[k]), log_probs=views[k][plain] if keep_log_probs else None)
 
 
-def _read_features(model: Any, items: list[tuple[str, str | Path]], speeds: list[float], progress: bool) -> tuple[dict[str, list[torch.Tensor]], list[Decoded]]:
+def _read_features(
+    model: Any, items: list[tuple[str, str | Path]], speeds: list[float], progress: bool, rate_check: SampleRateCheck | None = None
+) -> tuple[dict[str, list[torch.Tensor]], list[Decoded]]:
     """Features of each readable item at each speed, and a Decoded with the reason for each unreadable one."""
     sr = model.cfg.features.sample_rate
     feats: dict[str, list[torch.Tensor]] = {}
@@ -78,10 +91,13 @@ def _read_features(model: Any, items: list[tuple[str, str | Path]], speeds: list
     with one_thread():
         for key, path in tqdm(items, desc="features", unit="utt", leave=False, disable=None if progress else True):
             try:
-                wav = load_audio(path, sr)
+                loaded = load_audio_with_notes(path, sr)
             except AudioError as e:
                 failed.append(Decoded(key, None, e.reason))
                 continue
+            if rate_check is not None:
+                rate_check.add(loaded.info.sample_rate)
+            wav = loaded.samples
             feats[key] = [model.extractor(torch.from_numpy(speed_perturb(wav, sr, s))) for s in speeds]
     return feats, failed
 
@@ -124,16 +140,26 @@ def decode_manifest(
     decoder: Decoder | None = None,
     batch_frames: int | None = None,
     nbest: int = 1,
+    rate_check: SampleRateCheck | None = None,
 ) -> DecodeReport:
     """Decode every utterance of a manifest into a hypothesis JSONL of {"id", "text"} lines (plus
     "nbest": [{"text", "score"}] when nbest > 1), in manifest order. Unreadable audio is reported
-    and left out."""
+    and left out.
+
+    Refused before any work (ManifestError, one line): a manifest with two entries of one id
+    (their hypotheses could not be told apart) and an `out` that is the manifest itself. Audio
+    below the model's sample rate is said once on stderr at the end (`rate_check`: add to a
+    caller's check instead, which then warns when it likes)."""
     t0 = time.time()
-    model = load_model(model) if isinstance(model, (str, Path)) else model
     utts = read_manifest(manifest)
+    require_unique_ids(manifest, utts)
+    if os.path.exists(out) and os.path.samefile(out, manifest):
+        raise ManifestError(f"{out}: the hypotheses would overwrite the manifest {manifest}; write them elsewhere")
+    model = load_model(model) if isinstance(model, (str, Path)) else model
+    check = rate_check if rate_check is not None else SampleRateCheck(model.cfg.features.sample_rate)
     results: dict[str, list[Hypothesis]] = {}
     failed = []
-    for d in decode_items(model, [(u.id, u.audio) for u in utts], decoder, batch_frames):
+    for d in decode_items(model, [(u.id, u.audio) for u in utts], decoder, batch_frames, rate_check=check):
         if d.hyps is None:
             failed.append((d.key, d.reason))
             print(f"warning: {d.key}: {d.reason} (skipped)", file=sys.stderr)
@@ -148,23 +174,85 @@ def decode_manifest(
         return r
 
     write_jsonl(out, (row(u.id) for u in utts if u.id in results))
+    if rate_check is None:
+        check.warn()
     seconds = sum(u.duration for u in utts if u.id in results)
     return DecodeReport(len(results), failed, seconds, time.time() - t0)
 
 
-def find_audio(inputs: Iterable[str | Path]) -> list[str]:
+@dataclass
+class FoundAudio:
+    """Audio inputs: `paths` as given or found (str), `roots[i]` the folder argument that
+    `paths[i]` was found in (None for a file argument or a line of stdin), and `problems`:
+    (path, reason) for what a folder held but cannot be read (dangling links, link loops,
+    folders that cannot be listed)."""
+
+    paths: list[str] = field(default_factory=list)
+    roots: list[str | None] = field(default_factory=list)
+    problems: list[tuple[str, str]] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.paths)
+
+
+def find_audio(inputs: Iterable[str | Path]) -> FoundAudio:
     """Expand inputs into audio paths: files as given, directories searched recursively by audio
-    extension (sorted), and `-` read as a list of paths from stdin, one per line."""
-    paths: list[str] = []
+    extension (sorted; links to folders and files followed, link cycles cut, dangling links
+    reported in `problems`), and `-` read as a list of paths from stdin, one per line (bytes:
+    a name that is not UTF-8 is kept as its surrogate-escaped str)."""
+    found = FoundAudio()
     for item in inputs:
-        item = str(item)
+        item = os.fspath(item)
         if item == "-":
-            paths += [line.strip() for line in sys.stdin if line.strip()]
+            stream = getattr(sys.stdin, "buffer", None)
+            lines = [os.fsdecode(line) for line in stream] if stream is not None else list(sys.stdin)
+            for line in lines:
+                if line.strip():
+                    found.paths.append(line.strip())
+                    found.roots.append(None)
         elif Path(item).is_dir():
-            paths += sorted(str(p) for p in Path(item).rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file())
+            walk = walk_files(item, AUDIO_EXTENSIONS)
+            found.paths += [str(p) for p in walk.files]
+            found.roots += [item] * len(walk.files)
+            found.problems += [(str(p), reason) for p, reason in walk.problems]
         else:
-            paths.append(item)
-    return paths
+            found.paths.append(item)
+            found.roots.append(None)
+    return found
+
+
+def relative_paths(found: FoundAudio) -> list[str]:
+    """Each input's path (POSIX) below the common folder of the inputs: the folder arguments
+    they were found in and the folders of the other files. Distinct files give distinct paths;
+    one folder argument gives the layout below it; one file, its name."""
+    absolute = [os.path.abspath(p) for p in found.paths]
+    anchors = [os.path.abspath(r) if r is not None else os.path.dirname(a) for a, r in zip(absolute, found.roots, strict=True)]
+    if not anchors:
+        return []
+    base = os.path.commonpath(anchors)
+    return [Path(os.path.relpath(a, base)).as_posix() for a in absolute]
+
+
+def output_names(found: FoundAudio, suffix: str) -> list[str]:
+    """Output file names (relative POSIX paths) for the inputs: the relative path with its audio
+    suffix replaced by `suffix` (`spk1/utt1.wav` -> `spk1/utt1.srt`), or, for files that would
+    share one (`utt1.wav` and `utt1.flac`), added to it (`utt1.wav.srt`). Distinct inputs
+    always get distinct names; the same file given twice gets one."""
+    return [f"{name}.{suffix}" for name in distinct_names(relative_paths(found), "/")]
+
+
+_SPACE = re.compile(r"\s+")
+
+
+def utterance_ids(found: FoundAudio) -> list[str]:
+    """Utterance ids for the inputs (as `asr prepare folder` makes them): the relative path
+    without suffix, folders joined by "-", whitespace replaced by "_" (`spk1/utt1.wav` ->
+    `spk1-utt1`; one file alone: its stem); longer for files that would share one
+    (`asr.fileio.distinct_names`). ValueError (one line) when two cannot be told apart."""
+    return distinct_names(relative_paths(found), "-", clean=lambda s: _SPACE.sub("_", s))
 
 
 @dataclass
@@ -175,6 +263,8 @@ class FileResult:
     words: list = field(default_factory=list)  # asr.align.Word, times in seconds in the file
     duration: float = 0.0
     seconds: float = 0.0  # processing time
+    sample_rate: int = 0  # the file's own rate (Hz), 0 when unreadable
+    id: str = ""  # the utterance id in CTM output; "" for the file's stem
 
 
 def transcribe(
@@ -184,44 +274,56 @@ def transcribe(
     timestamps: bool = False,
     batch_frames: int | None = None,
     progress: bool = False,
+    rate_check: SampleRateCheck | None = None,
 ) -> Iterator[FileResult]:
-    """Transcribe audio files, in input order. Files up to 30 s are decoded in length-bucketed
-    batches; longer ones are split at pauses and decoded segment by segment, so memory does not
-    grow with the file's length. With `timestamps`, each word gets start, end and confidence."""
+    """Transcribe audio files, in input order, one FileResult each. Files up to 30 s are decoded
+    in length-bucketed batches; longer ones are split at pauses and decoded segment by segment,
+    so memory does not grow with the file's length. With `timestamps`, each word gets start,
+    end and confidence.
+
+    Files sampled below the model's rate are transcribed and counted: once every file is done,
+    one warning on stderr says how many (`asr.audio.SampleRateCheck`); with `rate_check`, they
+    are added to the caller's check instead, which warns when the caller likes."""
     model = load_model(model) if isinstance(model, (str, Path)) else model
     decoder = decoder or build_decoder(model, model.cfg.decode)
     frame_seconds = model.cfg.model.stack * model.cfg.features.hop_ms / 1000
-    pending: list[tuple[str, float]] = []  # (path, duration from the header, read once)
+    check = rate_check if rate_check is not None else SampleRateCheck(model.cfg.features.sample_rate)
+    pending: list[tuple[str, float, int]] = []  # (path, duration and sample rate from the header, read once)
 
     def flush() -> Iterator[FileResult]:
         t0 = time.time()
-        decoded = list(decode_items(model, [(p, p) for p, _ in pending], decoder, batch_frames, keep_log_probs=timestamps, progress=False))
+        decoded = list(decode_items(model, [(p, p) for p, _, _ in pending], decoder, batch_frames, keep_log_probs=timestamps, progress=False))
         each = (time.time() - t0) / max(1, len(pending))
         by_key = {d.key: d for d in decoded}
-        for p, duration in pending:
+        for p, duration, rate in pending:
             d = by_key[p]
             if d.hyps is None:
                 yield FileResult(p, None, d.reason)
                 continue
             words = _words(model, d.log_probs, d.hyps[0], frame_seconds, 0.0) if timestamps else []
-            yield FileResult(p, d.hyps[0].text, words=words, duration=duration, seconds=each)
+            yield FileResult(p, d.hyps[0].text, words=words, duration=duration, seconds=each, sample_rate=rate)
         pending.clear()
 
-    for p in tqdm([str(p) for p in paths], desc="transcribe", unit="file", disable=None if progress else True):
+    for p in tqdm([os.fspath(p) for p in paths], desc="transcribe", unit="file", disable=None if progress else True):
         try:
-            duration = audio_info(p).duration
+            info = audio_info(p)
         except AudioError as e:
             yield from flush()
             yield FileResult(p, None, e.reason)
             continue
-        if duration <= LONG_AUDIO_SECONDS:
-            pending.append((p, duration))
+        check.add(info.sample_rate)
+        if info.duration <= LONG_AUDIO_SECONDS:
+            pending.append((p, info.duration, info.sample_rate))
             if len(pending) >= 64:
                 yield from flush()
             continue
         yield from flush()
-        yield _transcribe_long(model, p, decoder, timestamps, frame_seconds, duration)
+        result = _transcribe_long(model, p, decoder, timestamps, frame_seconds, info.duration)
+        result.sample_rate = info.sample_rate if result.text is not None else 0
+        yield result
     yield from flush()
+    if rate_check is None:
+        check.warn()
 
 
 def _transcribe_long(model: Any, path: str, decoder: Decoder, timestamps: bool, frame_seconds: float, duration: float) -> FileResult:
@@ -264,7 +366,10 @@ def manifest_emissions(model: Any, manifest: str | Path, speeds: Sequence[float]
     """References and the acoustic model's log-probabilities (frames, tokens) of a manifest's
     readable utterances, one tensor per speed view."""
     utts = read_manifest(manifest)
-    feats, _ = _read_features(model, [(u.id, u.audio) for u in utts], list(speeds), progress=True)
+    require_unique_ids(manifest, utts)
+    check = SampleRateCheck(model.cfg.features.sample_rate)
+    feats, _ = _read_features(model, [(u.id, u.audio) for u in utts], list(speeds), progress=True, rate_check=check)
+    check.warn()
     return {u.id: u.text for u in utts}, _view_log_probs(model, feats, model.cfg.decode.batch_frames, progress=True)
 
 

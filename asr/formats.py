@@ -4,7 +4,8 @@ Each `to_<format>(result)` returns the complete text for one file, ending in a n
 at all for a CTM without words): `FORMATS[name](result)` is what a caller prints or writes.
 `result` is a `Transcript` or any object with the same attributes (`asr.decode.FileResult`):
 `path`, `text`, `words` (`asr.align.Word`: word, start, end, confidence; seconds in the file),
-`duration` (seconds of audio) and `seconds` (processing time).
+`duration` (seconds of audio) and `seconds` (processing time), and optionally `id` (the CTM
+utterance id; `asr.decode.utterance_ids` makes ids distinct for the files of one run).
 
 - txt:  `path<TAB>text`
 - json: one line `{"path", "text", "words": [{"word", "start", "end", "confidence"}], "duration",
@@ -12,7 +13,11 @@ at all for a CTM without words): `FORMATS[name](result)` is what a caller prints
 - srt:  numbered cues `HH:MM:SS,mmm --> HH:MM:SS,mmm`, a blank line after each cue
 - vtt:  a `WEBVTT` header, then cues `HH:MM:SS.mmm --> HH:MM:SS.mmm` (text HTML-escaped)
 - ctm:  `<utt-id> 1 <start> <duration> <word> <confidence>` per word (NIST CTM; seconds with two
-  decimals; utt-id = the file's stem, whitespace replaced by `_`)
+  decimals; utt-id = the result's `id`, else the file's stem; whitespace replaced by `_`)
+
+File names that are not UTF-8 (strs with lone surrogates): `to_json` escapes them (`\udce9`,
+valid UTF-8 that `json.loads` reads back to the same name); txt and ctm keep them as they are,
+to be written with errors="surrogateescape" so that the output holds the name's own bytes.
 
 Subtitle cues (`group_cues`) hold consecutive words, at most 7 words, 42 characters and 5 s each,
 and a pause of more than 0.5 s between two words always starts a new cue; a cue runs from its
@@ -22,7 +27,6 @@ not computed) becomes a single cue over the whole file.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -30,6 +34,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from asr.align import Word
+from asr.fileio import json_dumps
 
 __all__ = [
     "Transcript",
@@ -70,6 +75,7 @@ class Transcript:
     words: list[Word] = field(default_factory=list)
     duration: float = 0.0
     seconds: float = 0.0
+    id: str = ""  # the CTM utterance id; "" for the file's stem
 
 
 @dataclass(frozen=True)
@@ -147,7 +153,7 @@ def to_json(result: TranscriptLike) -> str:
         "duration": round(float(result.duration), 3),
         "processing_time": round(float(result.seconds), 3),
     }
-    return json.dumps(record, ensure_ascii=False) + "\n"
+    return json_dumps(record) + "\n"
 
 
 def to_srt(result: TranscriptLike) -> str:
@@ -170,7 +176,7 @@ def to_vtt(result: TranscriptLike) -> str:
 
 def to_ctm(result: TranscriptLike) -> str:
     """NIST CTM: `<utt-id> 1 <start> <duration> <word> <confidence>` per word, two decimals."""
-    utt = _SPACE.sub("_", Path(str(result.path)).stem) or "utt"
+    utt = _SPACE.sub("_", getattr(result, "id", "") or Path(str(result.path)).stem) or "utt"
     lines = []
     for w in result.words:
         word = _SPACE.sub("_", w.word.strip())

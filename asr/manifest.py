@@ -1,14 +1,19 @@
-"""Manifests: JSON Lines, one utterance a line, and their validation."""
+"""Manifests: JSON Lines, one utterance a line, and their validation.
+
+Lines are UTF-8 JSON; a file name that is not UTF-8 (a str with lone surrogates) is written
+with its surrogates escaped (`\udce9`), which `json.loads` reads back to the same name
+(`asr.fileio.json_dumps`).
+"""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from asr.audio import AudioError, audio_info
-from asr.fileio import atomic_write_text, read_text
+from asr.fileio import atomic_write_text, json_dumps, read_text
 from asr.text import normalize
 
 
@@ -33,7 +38,8 @@ class ManifestError(ValueError):
 
 
 def write_jsonl(path: str | Path, rows: Iterable[dict]) -> None:
-    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    """One JSON object a line (`json_dumps`: UTF-8, lone surrogates escaped), written atomically."""
+    atomic_write_text(path, "".join(json_dumps(r) + "\n" for r in rows))
 
 
 def read_jsonl(path: str | Path) -> Iterator[dict]:
@@ -77,6 +83,17 @@ def read_manifest(path: str | Path) -> list[Utterance]:
             )
         )
     return utts
+
+
+def require_unique_ids(path: str | Path, utts: Sequence[Utterance]) -> None:
+    """ManifestError (one line: the manifest, the id, the two entries, counted from 1) when two
+    utterances share an id: their results could not be told apart (each id is one line of the
+    hypotheses), so a decode refuses such a manifest before any work."""
+    first: dict[str, int] = {}
+    for n, u in enumerate(utts, 1):
+        if u.id in first:
+            raise ManifestError(f"{path}: duplicate id {u.id!r} (entries {first[u.id]} and {n}): ids must be unique")
+        first[u.id] = n
 
 
 def write_manifest(path: str | Path, utts: Iterable[Utterance]) -> None:

@@ -31,6 +31,7 @@ the segment's first sample (frame index x frame length / the file's rate), befor
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -102,7 +103,7 @@ def iter_segments(
 
     def blocks() -> Iterator[np.ndarray]:
         try:
-            with sf.SoundFile(str(path)) as f:
+            with sf.SoundFile(os.fsencode(path)) as f:  # bytes: a name that is not UTF-8 opens too
                 yield from f.blocks(blocksize=blocksize, dtype="float32", always_2d=True)
         except Exception as e:
             raise AudioError(path, f"corrupt or truncated audio data ({_sf_message(e)})") from None

@@ -36,6 +36,32 @@ Device = Annotated[str, typer.Option(help="auto (CUDA when present), cpu or cuda
 Threads = Annotated[int, typer.Option(help="CPU threads for torch (0: torch's default).")]
 
 
+def _echo(text: str, nl: bool = True) -> None:
+    """Print on stdout as UTF-8 whatever the locale, with file names that are not UTF-8 (lone
+    surrogates) as their own bytes, so that a printed path leads back to its file."""
+    text = text + "\n" if nl else text
+    try:
+        data = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a surrogate that is no byte (from JSON): shown escaped
+        from asr.fileio import display
+
+        data = display(text).encode("utf-8")
+    typer.echo(data, nl=False)
+
+
+def _warn(text: str) -> None:
+    """One line on stderr; undecodable bytes of file names shown as \\udcXX."""
+    from asr.fileio import display
+
+    typer.echo(display(text), err=True)
+
+
+def _fail(text: str) -> typer.Exit:
+    """Say `error: text` on stderr; the caller raises the returned Exit(1)."""
+    _warn(f"error: {text}")
+    return typer.Exit(1)
+
+
 def _threads(n: int) -> None:
     if n > 0:
         import torch
@@ -53,7 +79,7 @@ def prepare_cmd(
     from asr.corpora import prepare
 
     report = prepare(corpus, src, out_dir)
-    typer.echo(report.summary())
+    _echo(report.summary())
 
 
 @app.command("export-data")
@@ -65,7 +91,7 @@ def export_data_cmd(
     from asr.corpora import export_kaldi
 
     export_kaldi(manifest, out_dir)
-    typer.echo(f"wrote {out_dir}")
+    _echo(f"wrote {out_dir}")
 
 
 @app.command("train")
@@ -155,7 +181,7 @@ def decode_cmd(
     decoder = _decoder(acoustic, beam, beam_size, beam_threshold, lexicon, lm, lm_weight, word_score, decoder_config, nbest, speeds)
     report = decode_manifest(acoustic, manifest, out, decoder, batch_frames, nbest)
     rtf = f", RTF {report.seconds / report.audio_seconds:.4f}" if report.audio_seconds else ""
-    typer.echo(f"decoded {report.decoded} utterances ({len(report.failed)} failed) in {report.seconds:.1f} s{rtf} -> {out}")
+    _echo(f"decoded {report.decoded} utterances ({len(report.failed)} failed) in {report.seconds:.1f} s{rtf} -> {out}")
     if report.failed and not report.decoded:
         raise typer.Exit(1)
 
@@ -166,7 +192,7 @@ def transcribe_cmd(
     audio: Annotated[list[str], typer.Argument(help="Audio files, directories (searched recursively) or - for a list of paths on stdin.")],
     fmt: Annotated[str, typer.Option("--format", "-f", help="txt, json, srt, vtt or ctm.")] = "txt",
     as_json: Annotated[bool, typer.Option("--json", help="Same as --format json.")] = False,
-    output_dir: Annotated[Path | None, typer.Option(help="Write one <name>.<format> file per input here instead of printing.")] = None,
+    output_dir: Annotated[Path | None, typer.Option(help="Write one <name>.<format> file per input here instead of printing; folders below the inputs' common folder are mirrored (spk1/utt1.wav -> spk1/utt1.srt).")] = None,
     beam: Beam = False,
     beam_size: BeamSize = None,
     beam_threshold: BeamThreshold = None,
@@ -180,39 +206,76 @@ def transcribe_cmd(
     threads: Threads = 0,
 ) -> None:
     """Transcribe audio of any length: prints `path<TAB>text` per file, or JSON lines with word
-    times and confidences, SRT/VTT subtitles or CTM. Unreadable files are reported and skipped."""
-    from asr.decode import find_audio, load_model, transcribe
+    times and confidences, SRT/VTT subtitles or CTM. Unreadable files are reported and skipped.
+    Folders are searched following links; audio below the model's sample rate is said once."""
+    from asr.decode import find_audio, load_model, output_names, transcribe, utterance_ids
     from asr.formats import FORMATS
 
     fmt = "json" if as_json else fmt
     if fmt not in FORMATS:
         raise typer.BadParameter(f"unknown format {fmt!r}; choose from {', '.join(FORMATS)}", param_hint="--format")
-    paths = find_audio(audio)
-    if not paths:
+    found = find_audio(audio)
+    if not found.paths and not found.problems:
         raise typer.BadParameter("no audio files found", param_hint="AUDIO")
-    if fmt in ("srt", "vtt") and len(paths) > 1 and output_dir is None:
+    inputs = len(found.paths) + len(found.problems)
+    if fmt in ("srt", "vtt") and inputs > 1 and output_dir is None:
         raise typer.BadParameter(f"{fmt} holds one file's subtitles: with several inputs, use --output-dir", param_hint="--format")
+    # Names of outputs and ids, distinct for distinct inputs, settled before any work.
+    try:
+        names = output_names(found, fmt) if output_dir else []
+        ids = utterance_ids(found) if fmt == "ctm" else []
+    except ValueError as e:
+        raise _fail(f"cannot name the outputs of distinct inputs apart: {e}") from None
+    failed = 0
+    for path, reason in found.problems:
+        failed += 1
+        _warn(f"error: {path}: {reason}")
+    if not found.paths:
+        _warn(f"{failed} of {inputs} files could not be transcribed")
+        raise typer.Exit(1)
     _threads(threads)
     acoustic = load_model(model, device)
     decoder = _decoder(acoustic, beam, beam_size, beam_threshold, lexicon, lm, lm_weight, word_score, decoder_config, speeds=speeds)
-    failed = 0
-    for result in transcribe(acoustic, paths, decoder, timestamps=fmt != "txt", progress=len(paths) > 20):
+    written: dict[tuple[int, int], str] = {}  # outputs of this run (device, inode) -> their input
+    results = transcribe(acoustic, found.paths, decoder, timestamps=fmt != "txt", progress=len(found.paths) > 20)
+    for i, result in enumerate(results):
         if result.text is None:
             failed += 1
-            typer.echo(f"error: {result.path}: {result.reason}", err=True)
+            _warn(f"error: {result.path}: {result.reason}")
             continue
+        if ids:
+            result.id = ids[i]
         text = FORMATS[fmt](result)
         if output_dir:
-            from asr.fileio import atomic_write_text
-
-            atomic_write_text(output_dir / f"{Path(result.path).stem}.{fmt}", text)
+            target = output_dir / names[i]
+            if not _write_output(target, text, result.path, written):
+                failed += 1
         else:
-            typer.echo(text, nl=False)
+            _echo(text, nl=False)
     if failed:
-        if len(paths) > 1:
-            typer.echo(f"{failed} of {len(paths)} files could not be transcribed", err=True)
-        if failed == len(paths):
+        if inputs > 1:
+            _warn(f"{failed} of {inputs} files could not be transcribed")
+        if failed == inputs:
             raise typer.Exit(1)
+
+
+def _write_output(target: Path, text: str, source: str, written: dict[tuple[int, int], str]) -> bool:
+    """Write one input's output (file names that are not UTF-8 as their bytes); refuse, with an
+    error line, to replace a file this run already wrote for another input (a file system that
+    folds case, or a link in the output folder, can make two names one file)."""
+    from asr.fileio import atomic_write_text
+
+    try:
+        st = target.stat()
+    except OSError:
+        st = None
+    if st is not None and (st.st_dev, st.st_ino) in written and written[st.st_dev, st.st_ino] != source:
+        _warn(f"error: {source}: its output {target} would overwrite the output of {written[st.st_dev, st.st_ino]} (skipped)")
+        return False
+    atomic_write_text(target, text, errors="surrogateescape")
+    st = target.stat()
+    written[st.st_dev, st.st_ino] = source
+    return True
 
 
 @app.command("score")
