@@ -197,6 +197,9 @@ class FoundAudio:
     def __iter__(self) -> Iterator[str]:
         return iter(self.paths)
 
+    def __getitem__(self, i: int) -> str:
+        return self.paths[i]
+
 
 def find_audio(inputs: Iterable[str | Path]) -> FoundAudio:
     """Expand inputs into audio paths: files as given, directories searched recursively by audio
