@@ -188,8 +188,6 @@ class BeamSearch:
 
         return search_views(self, views)
 
-    rescore_views = search_views
-
 
     def begin(self) -> _BeamOnline:
         """An online search of one utterance, with a decoder of its own over the shared LM."""

@@ -16,24 +16,22 @@ import os
 import re
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 from tqdm import tqdm
 
-from asr.audio import AUDIO_EXTENSIONS, AudioError, SampleRateCheck, audio_info, load_audio_with_notes
-from asr.beam import Hypothesis, build_decoder
+from asr.audio import AUDIO_EXTENSIONS, AudioError, SampleRateCheck, audio_info
+from asr.beam import Decoder, Hypothesis
 from asr.checkpoint import Recognizer
-from asr.data import bucket_batches, pad_batch, speed_perturb
-from asr.features import one_thread
 from asr.fileio import distinct_names, walk_files
+from asr.formats import Transcript
+from asr.inference import LONG_AUDIO_SECONDS, Audio, decoder_for, emissions, read_audio, recognize
 from asr.manifest import ManifestError, read_manifest, require_unique_ids, write_jsonl
-
-Decoder = Callable[[torch.Tensor, torch.Tensor], list[list[Hypothesis]]]
-LONG_AUDIO_SECONDS = 30.0  # longer files are split at pauses and decoded segment by segment
+from asr.options import make_decoder, resolve_options
 
 
 def load_model(path: str | Path, device: str = "cpu") -> Any:
@@ -46,83 +44,49 @@ def load_model(path: str | Path, device: str = "cpu") -> Any:
     return Recognizer.from_checkpoint(path, str(resolve_device(device)))
 
 
-@dataclass
-class Decoded:
-    key: str
-    hyps: list[Hypothesis] | None  # None when the audio could not be read
-    reason: str = ""
-    log_probs: torch.Tensor | None = None  # (T', V), kept only when asked for
-
-
 def decode_items(
     model: Any,
     items: list[tuple[str, str | Path]],
     decoder: Decoder | None = None,
     batch_frames: int | None = None,
-    keep_log_probs: bool = False,
     progress: bool = True,
     rate_check: SampleRateCheck | None = None,
-) -> Iterator[Decoded]:
-    """Decode (key, audio path) pairs in length-bucketed batches; unreadable audio yields
-    a Decoded with `hyps=None` and the reason. Keys must be distinct (equal keys must name
-    the same audio). With `rate_check`, each readable file's own sample rate is added to it."""
-    decoder = decoder or build_decoder(model, model.cfg.decode)
-    speeds = getattr(decoder, "speeds", [1.0])  # test-time speed views (BeamSearch.rescore_views)
-    feats, failed = _read_features(model, items, speeds, progress, rate_check)
-    yield from failed
-    keys = list(feats)
-    batch_frames = batch_frames or model.cfg.decode.batch_frames
-    if len(speeds) == 1:
-        yield from _decode_features(model, keys, [feats[k][0] for k in keys], decoder, batch_frames, keep_log_probs, progress)
-        return
-    views = _view_log_probs(model, feats, batch_frames, progress)
-    plain = speeds.index(1.0)
-    for k in keys:
-        yield Decoded(k, decoder.rescore_views(views[k]), log_probs=views[k][plain] if keep_log_probs else None)
+    word_times: bool = False,
+) -> Iterator[Transcript]:
+    """Decode (id, audio path) pairs, one `Transcript` each (its `id` the pair's id): unreadable
+    audio first, each with its `error`, then the rest in length-bucketed batches
+    (`asr.inference.recognize`). Ids must be distinct. With `rate_check`, each readable file's
+    own sample rate is added to it."""
+    decoder = decoder or decoder_for(model, resolve_options(model.cfg.decode))
+    audios, keys = read_items(model, items, progress, rate_check)
+    for key, (path, reason) in keys.items():
+        if reason:
+            yield Transcript(path=os.fspath(path), id=key, error=reason)
+    readable = [k for k, (_, reason) in keys.items() if not reason]
+    options = resolve_options(model.cfg.decode, batch_frames=batch_frames)
+    results = recognize(model, [audios[k] for k in readable], options, decoder=decoder, word_times=word_times)
+    for key, result in zip(readable, results, strict=True):
+        yield replace(result, path=os.fspath(keys[key][0]), id=key)
 
 
-def _read_features(
-    model: Any, items: list[tuple[str, str | Path]], speeds: list[float], progress: bool, rate_check: SampleRateCheck | None = None
-) -> tuple[dict[str, list[torch.Tensor]], list[Decoded]]:
-    """Features of each readable item at each speed, and a Decoded with the reason for each unreadable one."""
+def read_items(
+    model: Any, items: list[tuple[str, str | Path]], progress: bool = False, rate_check: SampleRateCheck | None = None
+) -> tuple[dict[str, Audio], dict[str, tuple[str | Path, str]]]:
+    """The audio of each readable (id, path) item at the model's rate, and for every item its
+    path and why it could not be read ("" when it could)."""
     sr = model.cfg.features.sample_rate
-    feats: dict[str, list[torch.Tensor]] = {}
-    failed = []
-    with one_thread():
-        for key, path in tqdm(items, desc="features", unit="utt", leave=False, disable=None if progress else True):
-            try:
-                loaded = load_audio_with_notes(path, sr)
-            except AudioError as e:
-                failed.append(Decoded(key, None, e.reason))
-                continue
-            if rate_check is not None:
-                rate_check.add(loaded.info.sample_rate)
-            wav = loaded.samples
-            feats[key] = [model.extractor(torch.from_numpy(speed_perturb(wav, sr, s))) for s in speeds]
-    return feats, failed
-
-
-def _view_log_probs(model: Any, feats: dict[str, list[torch.Tensor]], batch_frames: int, progress: bool) -> dict[str, list[torch.Tensor]]:
-    """The log-probabilities (frames, tokens) of every view of every item, computed in batches view by view."""
-    keys = list(feats)
-    views: dict[str, list[torch.Tensor]] = {k: [] for k in keys}
-    for v in range(len(feats[keys[0]]) if keys else 0):
-        for d in _decode_features(model, keys, [feats[k][v] for k in keys], _no_search, batch_frames, True, progress):
-            views[d.key].append(d.log_probs)
-    return views
-
-
-def _no_search(log_probs: torch.Tensor, lengths: torch.Tensor) -> list[list[Hypothesis]]:
-    return [[] for _ in range(len(lengths))]
-
-
-def _decode_features(model: Any, keys: list[str], feats: list[torch.Tensor], decoder: Decoder, batch_frames: int, keep_log_probs: bool, progress: bool) -> Iterator[Decoded]:
-    batches = bucket_batches([len(f) for f in feats], batch_frames)
-    for batch in tqdm(batches, desc="decode", unit="batch", leave=False, disable=None if progress else True):
-        x, lengths = pad_batch([feats[i] for i in batch])
-        log_probs, out_lengths = model.log_probs(x, lengths)
-        for j, (i, hyps) in enumerate(zip(batch, decoder(log_probs, out_lengths), strict=True)):
-            yield Decoded(keys[i], hyps, log_probs=log_probs[j, : out_lengths[j]] if keep_log_probs else None)
+    audios: dict[str, Audio] = {}
+    keys: dict[str, tuple[str | Path, str]] = {}
+    for key, path in tqdm(items, desc="audio", unit="utt", leave=False, disable=None if progress else True):
+        try:
+            audios[key] = read_audio(path, None, sr)
+        except AudioError as e:
+            keys[key] = (path, e.reason)
+            continue
+        keys[key] = (path, "")
+        if rate_check is not None:
+            rate_check.add(audios[key].source_rate)
+    return audios, keys
 
 
 @dataclass
@@ -160,11 +124,11 @@ def decode_manifest(
     results: dict[str, list[Hypothesis]] = {}
     failed = []
     for d in decode_items(model, [(u.id, u.audio) for u in utts], decoder, batch_frames, rate_check=check):
-        if d.hyps is None:
-            failed.append((d.key, d.reason))
-            print(f"warning: {d.key}: {d.reason} (skipped)", file=sys.stderr)
+        if d.error:
+            failed.append((d.id, d.error))
+            print(f"warning: {d.id}: {d.error} (skipped)", file=sys.stderr)
         else:
-            results[d.key] = d.hyps
+            results[d.id] = d.nbest
 
     def row(uid: str) -> dict:
         hyps = results[uid]
@@ -258,18 +222,6 @@ def utterance_ids(found: FoundAudio) -> list[str]:
     return distinct_names(relative_paths(found), "-", clean=lambda s: _SPACE.sub("_", s))
 
 
-@dataclass
-class FileResult:
-    path: str
-    text: str | None  # None when the file could not be read
-    reason: str = ""
-    words: list = field(default_factory=list)  # asr.align.Word, times in seconds in the file
-    duration: float = 0.0
-    seconds: float = 0.0  # processing time
-    sample_rate: int = 0  # the file's own rate (Hz), 0 when unreadable
-    id: str = ""  # the utterance id in CTM output; "" for the file's stem
-
-
 def transcribe(
     model: str | Path | Any,
     paths: Iterable[str | Path],
@@ -278,33 +230,26 @@ def transcribe(
     batch_frames: int | None = None,
     progress: bool = False,
     rate_check: SampleRateCheck | None = None,
-) -> Iterator[FileResult]:
-    """Transcribe audio files, in input order, one FileResult each. Files up to 30 s are decoded
-    in length-bucketed batches; longer ones are split at pauses and decoded segment by segment,
-    so memory does not grow with the file's length. With `timestamps`, each word gets start,
-    end and confidence.
+) -> Iterator[Transcript]:
+    """Transcribe audio files, in input order, one `Transcript` each (`error` set for a file that
+    could not be used). Files up to LONG_AUDIO_SECONDS are decoded in length-bucketed batches of
+    up to 64 files (`asr.inference.recognize`); longer ones are split at pauses and decoded
+    segment by segment (`asr.inference.transcribe`), so memory does not grow with the file's
+    length. With `timestamps`, each word gets start, end and confidence.
 
     Files sampled below the model's rate are transcribed and counted: once every file is done,
     one warning on stderr says how many (`asr.audio.SampleRateCheck`); with `rate_check`, they
     are added to the caller's check instead, which warns when the caller likes."""
-    model = load_model(model) if isinstance(model, (str, Path)) else model
-    decoder = decoder or build_decoder(model, model.cfg.decode)
-    frame_seconds = model.cfg.model.stack * model.cfg.features.hop_ms / 1000
-    check = rate_check if rate_check is not None else SampleRateCheck(model.cfg.features.sample_rate)
-    pending: list[tuple[str, float, int]] = []  # (path, duration and sample rate from the header, read once)
+    from asr.inference import transcribe as transcribe_one
 
-    def flush() -> Iterator[FileResult]:
-        t0 = time.time()
-        decoded = list(decode_items(model, [(p, p) for p, _, _ in pending], decoder, batch_frames, keep_log_probs=timestamps, progress=False))
-        each = (time.time() - t0) / max(1, len(pending))
-        by_key = {d.key: d for d in decoded}
-        for p, duration, rate in pending:
-            d = by_key[p]
-            if d.hyps is None:
-                yield FileResult(p, None, d.reason)
-                continue
-            words = _words(model, d.log_probs, d.hyps[0], frame_seconds, 0.0) if timestamps else []
-            yield FileResult(p, d.hyps[0].text, words=words, duration=duration, seconds=each, sample_rate=rate)
+    model = load_model(model) if isinstance(model, (str, Path)) else model
+    options = resolve_options(model.cfg.decode, batch_frames=batch_frames)
+    decoder = decoder or decoder_for(model, options)
+    check = rate_check if rate_check is not None else SampleRateCheck(model.cfg.features.sample_rate)
+    pending: list[str] = []
+
+    def flush() -> Iterator[Transcript]:
+        yield from decode_items(model, [(p, p) for p in pending], decoder, batch_frames, progress=False, word_times=timestamps)
         pending.clear()
 
     for p in tqdm([os.fspath(p) for p in paths], desc="transcribe", unit="file", disable=None if progress else True):
@@ -312,50 +257,22 @@ def transcribe(
             info = audio_info(p)
         except AudioError as e:
             yield from flush()
-            yield FileResult(p, None, e.reason)
+            yield Transcript(path=p, error=e.reason)
             continue
         check.add(info.sample_rate)
         if info.duration <= LONG_AUDIO_SECONDS:
-            pending.append((p, info.duration, info.sample_rate))
+            pending.append(p)
             if len(pending) >= 64:
                 yield from flush()
             continue
         yield from flush()
-        result = _transcribe_long(model, p, decoder, timestamps, frame_seconds, info.duration)
-        result.sample_rate = info.sample_rate if result.text is not None else 0
-        yield result
+        try:
+            yield transcribe_one(model, p, options=options, decoder=decoder, word_times=timestamps)
+        except AudioError as e:
+            yield Transcript(path=p, error=e.reason)
     yield from flush()
     if rate_check is None:
         check.warn()
-
-
-def _transcribe_long(model: Any, path: str, decoder: Decoder, timestamps: bool, frame_seconds: float, duration: float) -> FileResult:
-    from asr.segment import iter_segments
-
-    t0 = time.time()
-    texts, words = [], []
-    try:
-        sr, speeds = model.cfg.features.sample_rate, getattr(decoder, "speeds", [1.0])
-        for seg in iter_segments(path, sr, max_seconds=LONG_AUDIO_SECONDS):
-            views = []
-            for s in speeds:
-                f = model.extractor(torch.from_numpy(speed_perturb(seg.samples, sr, s)))
-                views.append(model.log_probs(f[None], torch.tensor([len(f)])))
-            log_probs, lengths = views[speeds.index(1.0)]
-            hyp = decoder(log_probs, lengths)[0][0] if len(views) == 1 else decoder.rescore_views([lp[0, : n[0]] for lp, n in views])[0]
-            if hyp.text:
-                texts.append(hyp.text)
-            if timestamps:
-                words += _words(model, log_probs[0, : lengths[0]], hyp, frame_seconds, seg.start)
-    except AudioError as e:
-        return FileResult(path, None, e.reason)
-    return FileResult(path, " ".join(texts), words=words, duration=duration, seconds=time.time() - t0)
-
-
-def _words(model: Any, log_probs: torch.Tensor, hyp: Hypothesis, frame_seconds: float, offset: float) -> list:
-    from asr.align import word_alignments
-
-    return word_alignments(log_probs, hyp.token_ids, model.tokenizer, frame_seconds, offset)
 
 
 @dataclass
@@ -371,9 +288,10 @@ def manifest_emissions(model: Any, manifest: str | Path, speeds: Sequence[float]
     utts = read_manifest(manifest)
     require_unique_ids(manifest, utts)
     check = SampleRateCheck(model.cfg.features.sample_rate)
-    feats, _ = _read_features(model, [(u.id, u.audio) for u in utts], list(speeds), progress=True, rate_check=check)
+    audios, _ = read_items(model, [(u.id, u.audio) for u in utts], progress=True, rate_check=check)
     check.warn()
-    return {u.id: u.text for u in utts}, _view_log_probs(model, feats, model.cfg.decode.batch_frames, progress=True)
+    views = emissions(model, list(audios.values()), list(speeds), model.cfg.decode.batch_frames)
+    return {u.id: u.text for u in utts}, dict(zip(audios, views, strict=True))
 
 
 def grid_hypotheses(
@@ -387,15 +305,12 @@ def grid_hypotheses(
 ) -> dict[tuple[float, float], dict[str, str]]:
     """Beam-search hypotheses {(lm_weight, word_score): {id: text}} for every grid point, from
     precomputed emissions (manifest_emissions at the same `speeds`)."""
-    from asr.beam import BeamSearch
-    from asr.config import DecodeConfig
-
     grid = {}
     for w in lm_weights:
         for ws in word_scores:
-            cfg = DecodeConfig(**{**vars(model.cfg.decode), "lm_weight": float(w), "word_score": float(ws), "speeds": list(speeds)})
-            search = BeamSearch(model.tokenizer, cfg, lexicon=lexicon, lm=lm)
-            grid[float(w), float(ws)] = {k: search.rescore_views(v)[0].text for k, v in emissions.items()}
+            options = resolve_options(model.cfg.decode, lexicon=lexicon, lm=lm, lm_weight=float(w), word_score=float(ws), speeds=list(speeds))
+            search = make_decoder(model.tokenizer, options)
+            grid[float(w), float(ws)] = {k: search.search_views(v)[0].text for k, v in emissions.items()}
     return grid
 
 

@@ -39,6 +39,24 @@ class FeatureExtractor(nn.Module):
         window = nn.functional.pad(self.mel.spectrogram.window, (self.win_offset, n_fft - win - self.win_offset))
         self.register_buffer("window_dft", torch.view_as_real(torch.fft.rfft(window)), persistent=False)
 
+    def num_frames(self, samples: int) -> int:
+        """Feature frames of `samples` samples: whole windows only (no centre padding); audio
+        shorter than one FFT frame gives one frame."""
+        return (max(samples, self.min_samples) - self.min_samples) // self.hop + 1
+
+    @torch.no_grad()
+    def batch(self, waveforms: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Features of several 1-D waveforms in one call, each (frames, dim) as `forward` gives
+        it alone: they are zero-padded to the longest and each is cut to its own frames (a
+        frame depends on its own samples only). Large tensors keep intra-op threads busy where
+        one small utterance at a time would mostly wait for them."""
+        if not waveforms:
+            return []
+        longest = max(max(len(w) for w in waveforms), self.min_samples)
+        x = torch.stack([nn.functional.pad(w, (0, longest - len(w))) for w in waveforms])
+        feats = self(x)
+        return [feats[i, : self.num_frames(len(w))] for i, w in enumerate(waveforms)]
+
     @torch.no_grad()
     def forward(self, waveform: torch.Tensor) -> torch.Tensor:
         if waveform.shape[-1] < self.min_samples:  # shorter than one FFT frame: pad to one frame

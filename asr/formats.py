@@ -2,9 +2,9 @@
 
 Each `to_<format>(result)` returns the complete text for one file, ending in a newline (nothing
 at all for a CTM without words): `FORMATS[name](result)` is what a caller prints or writes.
-`result` is a `Transcript` or any object with the same attributes (`asr.decode.FileResult`):
-`path`, `text`, `words` (`asr.align.Word`: word, start, end, confidence; seconds in the file),
-`duration` (seconds of audio) and `seconds` (processing time), and optionally `id` (the CTM
+`result` is a `Transcript`, the one result type of recognition (`asr.transcribe`, `asr transcribe`,
+`asr decode`): `path`, `text`, `words` (`asr.align.Word`: word, start, end, confidence; seconds in
+the file), `duration` (seconds of audio) and `seconds` (processing time), and `id` (the CTM
 utterance id; `asr.decode.utterance_ids` makes ids distinct for the files of one run).
 
 - txt:  `path<TAB>text`
@@ -31,7 +31,7 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from asr.align import Word
 from asr.fileio import json_dumps
@@ -57,25 +57,35 @@ CUE_PAUSE_SECONDS = 0.5
 _SPACE = re.compile(r"\s+")
 
 
-class TranscriptLike(Protocol):
-    path: str
-    text: str | None
-    words: Sequence[Word]
-    duration: float
-    seconds: float
-
-
 @dataclass
 class Transcript:
-    """One file's result: `words` carry times in seconds within the file, `duration` is the
-    audio's length and `seconds` the processing time."""
+    """What recognising one recording (a file, an array, a manifest's utterance) gives.
 
-    path: str
-    text: str
+    path: the file ("" for audio given as samples or bytes); id: the utterance id (a manifest's,
+        or the CTM id of a file; "" for the file's stem).
+    text: the words, space-separated ("" for no speech, and for audio that could not be used).
+    words: each word with start and end in seconds from the start of the recording and a
+        confidence in [0, 1] (`asr.align`); empty unless word times were asked for.
+    duration: seconds of audio; seconds: processing time (wall clock).
+    error: why the audio could not be used ("" when it was); `ok` says it.
+    sample_rate: the audio's own rate in Hz, before resampling to the model's (0 if unknown).
+    nbest: the search's n best hypotheses (`asr.beam.Hypothesis`, best first) of audio decoded
+        in one piece; empty for long audio decoded segment by segment.
+    """
+
+    path: str = ""
+    text: str = ""
     words: list[Word] = field(default_factory=list)
     duration: float = 0.0
     seconds: float = 0.0
-    id: str = ""  # the CTM utterance id; "" for the file's stem
+    id: str = ""
+    error: str = ""
+    sample_rate: int = 0
+    nbest: list[Any] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.error
 
 
 @dataclass(frozen=True)
@@ -136,12 +146,12 @@ def group_cues(
     return cues
 
 
-def to_txt(result: TranscriptLike) -> str:
+def to_txt(result: Transcript) -> str:
     """`path<TAB>text` and a newline."""
     return f"{result.path}\t{_clean(result.text or '')}\n"
 
 
-def to_json(result: TranscriptLike) -> str:
+def to_json(result: Transcript) -> str:
     """One JSON line: path, text, words (word, start, end, confidence), duration, processing_time."""
     record: dict[str, Any] = {
         "path": str(result.path),
@@ -156,7 +166,7 @@ def to_json(result: TranscriptLike) -> str:
     return json_dumps(record) + "\n"
 
 
-def to_srt(result: TranscriptLike) -> str:
+def to_srt(result: Transcript) -> str:
     """SubRip: `n`, `HH:MM:SS,mmm --> HH:MM:SS,mmm`, the text, a blank line; numbered from 1."""
     return "".join(
         f"{i}\n{format_timestamp(c.start)} --> {format_timestamp(c.end)}\n{c.text}\n\n"
@@ -164,7 +174,7 @@ def to_srt(result: TranscriptLike) -> str:
     )
 
 
-def to_vtt(result: TranscriptLike) -> str:
+def to_vtt(result: Transcript) -> str:
     """WebVTT: the `WEBVTT` header and a blank line, then `HH:MM:SS.mmm --> HH:MM:SS.mmm`, the
     text (`&`, `<`, `>` escaped) and a blank line per cue."""
     cues = "".join(
@@ -174,7 +184,7 @@ def to_vtt(result: TranscriptLike) -> str:
     return "WEBVTT\n\n" + cues
 
 
-def to_ctm(result: TranscriptLike) -> str:
+def to_ctm(result: Transcript) -> str:
     """NIST CTM: `<utt-id> 1 <start> <duration> <word> <confidence>` per word, two decimals."""
     utt = _SPACE.sub("_", getattr(result, "id", "") or Path(str(result.path)).stem) or "utt"
     lines = []
@@ -188,7 +198,7 @@ def to_ctm(result: TranscriptLike) -> str:
     return "".join(lines)
 
 
-FORMATS: dict[str, Callable[[TranscriptLike], str]] = {
+FORMATS: dict[str, Callable[[Transcript], str]] = {
     "txt": to_txt,
     "json": to_json,
     "srt": to_srt,
@@ -197,7 +207,7 @@ FORMATS: dict[str, Callable[[TranscriptLike], str]] = {
 }
 
 
-def _cues(result: TranscriptLike) -> list[Cue]:
+def _cues(result: Transcript) -> list[Cue]:
     if result.words:
         return group_cues(result.words)
     text = _clean(result.text or "")

@@ -162,9 +162,8 @@ def run_recipe(
             _build_lm(recipe, data_dir, model_path, lm_files)
 
     if run(4):
-        from asr.beam import build_decoder
-        from asr.config import load_decode_settings
         from asr.decode import load_model
+        from asr.options import make_decoder, resolve_options
 
         model = None
         for name in recipe.test_sets:
@@ -174,11 +173,11 @@ def run_recipe(
                     continue
                 model = model or load_model(model_path)
                 if tag == "greedy":
-                    decoder = build_decoder(model, model.cfg.decode)
+                    options = resolve_options(model.cfg.decode)
                 else:
-                    if recipe.tunes_on_dev and lm_files["decode"].exists():
-                        load_decode_settings(model.cfg.decode, lm_files["decode"])
-                    decoder = build_decoder(model, model.cfg.decode, lexicon=lm_files["lexicon"], lm=lm_files["lm"])
+                    tuned = lm_files["decode"] if recipe.tunes_on_dev and lm_files["decode"].exists() else None
+                    options = resolve_options(model.cfg.decode, tuned, lexicon=lm_files["lexicon"], lm=lm_files["lm"])
+                decoder = make_decoder(model.tokenizer, options)
                 report = decode_manifest(model, data_dir / f"{name}.jsonl", hyp, decoder)
                 _log(f"stage 4 (decode): {name} ({tag}): {report.decoded} utterances, RTF {report.seconds / max(report.audio_seconds, 1e-9):.4f} -> {hyp}")
 
@@ -264,8 +263,9 @@ def tune_weights_by_folds(
     import subprocess
     from concurrent.futures import ThreadPoolExecutor
 
+    from asr.beam import GreedySearch
     from asr.config import to_toml
-    from asr.decode import best_grid_point, build_decoder, grid_hypotheses, load_model, manifest_emissions
+    from asr.decode import best_grid_point, grid_hypotheses, load_model, manifest_emissions
     from asr.manifest import read_manifest, write_manifest
     from asr.scoring import score
 
@@ -330,7 +330,7 @@ def tune_weights_by_folds(
         speeds = model.cfg.decode.speeds
         fold_refs, emissions = manifest_emissions(model, run_dir / "data" / "dev.jsonl", speeds)
         refs |= {f"{seed}/{uid}": text for uid, text in fold_refs.items()}
-        search, plain = build_decoder(model, model.cfg.decode), speeds.index(1.0)
+        search, plain = GreedySearch(model.tokenizer), speeds.index(1.0)
         greedy |= {f"{seed}/{uid}": search(v[plain][None], torch.tensor([len(v[plain])]))[0][0].text for uid, v in emissions.items()}
         for point, texts in grid_hypotheses(model, emissions, lexicon, lm, weights, scores, speeds).items():
             hyps.setdefault(point, {}).update({f"{seed}/{uid}": t for uid, t in texts.items()})

@@ -26,10 +26,9 @@ def run_mode(exp: Path, test_set: str, mode: str, threads: int) -> dict:
     import torch
 
     torch.set_num_threads(threads)
-    from asr.beam import build_decoder
-    from asr.config import load_decode_settings
     from asr.decode import decode_manifest, load_model
     from asr.export import export
+    from asr.options import make_decoder, resolve_options
     from asr.scoring import score_files
 
     manifest = exp / "data" / f"{test_set}.jsonl"
@@ -43,10 +42,15 @@ def run_mode(exp: Path, test_set: str, mode: str, threads: int) -> dict:
         t0 = time.perf_counter()
         model = load_model(model_path)
         use_lm = mode.endswith(("lm", "lm+views"))
-        if use_lm and tuned.exists():
-            load_decode_settings(model.cfg.decode, tuned)
-        model.cfg.decode.speeds = [0.9, 1.0, 1.1] if mode.endswith("+views") else [1.0]  # whatever the checkpoint carries
-        decoder = build_decoder(model, model.cfg.decode, beam=mode != "greedy" and not mode.startswith(("torchscript", "onnx")), lexicon=lexicon if use_lm else None, lm=lm[-1] if use_lm else None)
+        options = resolve_options(
+            model.cfg.decode,
+            tuned if use_lm and tuned.exists() else None,
+            beam=mode != "greedy" and not mode.startswith(("torchscript", "onnx")),
+            lexicon=lexicon if use_lm else None,
+            lm=lm[-1] if use_lm else None,
+            speeds=[0.9, 1.0, 1.1] if mode.endswith("+views") else [1.0],  # whatever the checkpoint carries
+        )
+        decoder = make_decoder(model.tokenizer, options)
         load_seconds = time.perf_counter() - t0
         hyp = Path(tmp) / "hyp.jsonl"
         report = decode_manifest(model, manifest, hyp, decoder)

@@ -140,18 +140,24 @@ Speeds = Annotated[str | None, typer.Option(help="Test-time speed views for the 
 
 
 def _decoder(model, beam: bool, beam_size, beam_threshold, lexicon, lm, lm_weight, word_score, decoder_config, nbest: int = 1, speeds: str | None = None):
-    from asr.beam import build_decoder
-    from asr.config import load_decode_settings
+    """The search the flags ask for, over the checkpoint's [decode] settings and a decoder file
+    (`asr.options.resolve_options`)."""
+    from asr.options import make_decoder, resolve_options
 
-    cfg = model.cfg.decode
-    if decoder_config:
-        load_decode_settings(cfg, decoder_config)
-    for key, value in [("beam_size", beam_size), ("beam_threshold", beam_threshold), ("lm_weight", lm_weight), ("word_score", word_score)]:
-        if value is not None:
-            setattr(cfg, key, value)
-    if speeds is not None:
-        cfg.speeds = _speeds(speeds)
-    return build_decoder(model, cfg, beam=beam or beam_size is not None or speeds is not None, lexicon=lexicon, lm=lm, nbest=nbest)
+    options = resolve_options(
+        model.cfg.decode,
+        decoder_config,
+        beam=beam or None,
+        beam_size=beam_size,
+        beam_threshold=beam_threshold,
+        lexicon=lexicon,
+        lm=lm,
+        lm_weight=lm_weight,
+        word_score=word_score,
+        speeds=_speeds(speeds) if speeds is not None else None,
+        nbest=nbest,
+    )
+    return make_decoder(model.tokenizer, options)
 
 
 @app.command("decode")
@@ -239,9 +245,9 @@ def transcribe_cmd(
     written: dict[tuple[int, int], str] = {}  # outputs of this run (device, inode) -> their input
     results = transcribe(acoustic, found.paths, decoder, timestamps=fmt != "txt", progress=len(found.paths) > 20)
     for i, result in enumerate(results):
-        if result.text is None:
+        if result.error:
             failed += 1
-            _warn(f"error: {result.path}: {result.reason}")
+            _warn(f"error: {result.path}: {result.error}")
             continue
         if ids:
             result.id = ids[i]

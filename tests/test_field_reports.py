@@ -171,7 +171,7 @@ def test_beam_search_with_an_arpa_lm_keeps_the_terminal_quiet(tmp_path: Path, ca
         x = torch.full((6, len(tokens)), -9.0)
         for i, t in enumerate([2, 0, 3, 1, 4, 0]):
             x[i, t] = 0.0
-        assert search.rescore_views([x.log_softmax(-1)] * len(speeds))[0].text
+        assert search.search_views([x.log_softmax(-1)] * len(speeds))[0].text
     out, err = capfd.readouterr()
     assert "binary file" not in out + err and "Reading" not in out + err and "*****" not in out + err, (out, err)
 

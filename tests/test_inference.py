@@ -128,3 +128,98 @@ def test_make_decoder_follows_the_options(tmp_path: Path) -> None:
     lexicon, arpa = _lexicon_and_lm(tmp_path)
     beam = make_decoder(tok, resolve_options(DecodeConfig(), lexicon=lexicon, lm=arpa, speeds=[0.9, 1.0, 1.1]))
     assert isinstance(beam, BeamSearch) and beam.speeds == (0.9, 1.0, 1.1)
+
+
+# --------------------------------------------------------------------------- asr.transcribe
+
+
+def _wavs(tone_corpus: dict[str, Path], n: int) -> list[Path]:
+    return sorted(tone_corpus["test"].parent.glob("*.wav"))[:n]
+
+
+def test_transcribe_takes_a_path_an_array_or_bytes(trained: Path, tone_corpus: dict[str, Path]) -> None:
+    import numpy as np
+    import soundfile as sf
+
+    import asr
+    from tests.conftest import invoke
+
+    model = asr.load_model(trained / "best.pt")
+    wav = _wavs(tone_corpus, 1)[0]
+    samples, sr = sf.read(wav, dtype="float32")
+    by_path = asr.transcribe(model, wav)
+    assert by_path.text and by_path.duration == pytest.approx(len(samples) / sr)
+    assert asr.transcribe(model, samples, sample_rate=sr).text == by_path.text
+    assert asr.transcribe(model, torch.from_numpy(samples), sample_rate=sr).text == by_path.text
+    assert asr.transcribe(model, wav.read_bytes()).text == by_path.text
+    assert asr.transcribe(model, np.stack([samples, samples], 1), sample_rate=sr).text == by_path.text  # stereo
+    words = by_path.words
+    assert [w.word for w in words] == by_path.text.split()
+    assert all(0 <= w.start <= w.end <= by_path.duration and 0 <= w.confidence <= 1 for w in words)
+    # The command line gives the same text for the file.
+    line = invoke("transcribe", trained / "best.pt", wav).stdout.strip()
+    assert line.split("\t")[1] == by_path.text
+
+
+def test_transcribe_from_several_threads_equals_one_at_a_time(trained: Path, tone_corpus: dict[str, Path]) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    import asr
+
+    model = asr.load_model(trained / "best.pt")
+    wavs = _wavs(tone_corpus, 8)
+    for options in (asr.DecodeOptions(), asr.DecodeOptions(beam=True, beam_size=8)):
+        alone = [asr.transcribe(model, w, options=options) for w in wavs]
+        with ThreadPoolExecutor(4) as pool:
+            together = list(pool.map(lambda w: asr.transcribe(model, w, options=options), wavs))  # noqa: B023
+        assert [r.text for r in together] == [r.text for r in alone]
+        assert [r.words for r in together] == [r.words for r in alone]
+    assert model.cfg.decode == asr.load_model(trained / "best.pt").cfg.decode  # nothing wrote to the model
+
+
+def test_transcribe_long_and_narrowband_arrays(trained: Path, tone_corpus: dict[str, Path]) -> None:
+    import numpy as np
+    import soundfile as sf
+
+    import asr
+    from asr.audio import resample
+
+    model = asr.load_model(trained / "best.pt")
+    wavs = _wavs(tone_corpus, 16)
+    clips = [sf.read(w, dtype="float32")[0] for w in wavs]
+    singles = [asr.transcribe(model, c, sample_rate=16000).text for c in clips]
+    pause = np.zeros(8000, np.float32)
+    long = np.concatenate([x for c in clips for x in (c, pause)] * 2)  # about 40 s: cut at pauses
+    assert len(long) / 16000 > 30
+    result = asr.transcribe(model, long, sample_rate=16000)
+    # Segments start where the pause detector cuts, not where the clips did, so the small tone
+    # model may join or split a word differently; the letters stay.
+    joined = asr.score({"long": " ".join(singles * 2)}, {"long": result.text})
+    assert joined.cer <= 3.0, (joined.wer, joined.cer)
+    starts = [w.start for w in result.words]
+    assert starts == sorted(starts) and result.words[-1].end <= result.duration
+    narrow = resample(clips[0], 16000, 8000)
+    r8 = asr.transcribe(model, narrow, sample_rate=8000)
+    assert r8.sample_rate == 8000 and r8.duration == pytest.approx(len(clips[0]) / 16000, abs=0.01)
+
+
+@pytest.mark.parametrize(
+    ("audio", "rate", "reason"),
+    [
+        ("array", None, "without their sample_rate"),
+        ("nan", 16000, "NaN or Inf"),
+        ("empty", 16000, "no audio samples"),
+        (b"this is not audio at all, just text", None, "not readable as audio"),
+        (b"", None, "empty file"),
+    ],
+)
+def test_transcribe_rejects_bad_audio_with_a_reason(trained: Path, audio: object, rate: int | None, reason: str) -> None:
+    import numpy as np
+
+    import asr
+    from asr.audio import AudioError
+
+    model = asr.load_model(trained / "best.pt")
+    samples = {"array": np.zeros(1600, np.float32), "nan": np.full(1600, np.nan, np.float32), "empty": np.zeros(0, np.float32)}
+    with pytest.raises(AudioError, match=reason):
+        asr.transcribe(model, samples.get(audio, audio) if isinstance(audio, str) else audio, sample_rate=rate)
