@@ -314,8 +314,8 @@ class RecurrentEncoder(Encoder):
 
     The backward direction of each layer runs on every utterance reversed within its own length,
     so padding always comes after the real frames and never reaches them: a batched utterance gets
-    exactly the output it gets alone. On a CPU this is about 1.7-2x faster than packed sequences
-    (bench/model_step.py), and length bucketing keeps the padding itself to a few per cent.
+    exactly the output it gets alone. On a CPU this is faster than packed sequences
+    (bench/model_step.py compares them), and length bucketing keeps the padding itself small.
 
     One-direction kinds stream: `init_state`/`step` carry each layer's hidden (and LSTM cell)
     state from chunk to chunk."""

@@ -91,8 +91,9 @@ class FeatureExtractor(nn.Module):
 @contextmanager
 def one_thread() -> Iterator[None]:
     """Run torch on one thread: per-utterance feature extraction works on tensors too small for
-    intra-op parallelism, which only adds overhead (1134x vs 41x real time on AN4 on a busy 2-core
-    machine, bench/features.py)."""
+    intra-op parallelism, which only adds overhead (bench/features.py measures it). It changes
+    torch's process-wide thread count, so only single-threaded batch jobs (the training data
+    cache) use it; inference extracts features batch by batch (`FeatureExtractor.batch`)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
