@@ -10,6 +10,8 @@ from typing import Annotated
 
 import typer
 
+from asr.corpora import IMPORTERS
+from asr.formats import FORMATS
 from cli.lab import inspect_cmd, lab_app
 
 app = typer.Typer(
@@ -71,7 +73,7 @@ def _threads(n: int) -> None:
 
 @app.command("prepare")
 def prepare_cmd(
-    corpus: Annotated[str, typer.Argument(help="yesno, an4, fsdd, librispeech, folder or kaldi.")],
+    corpus: Annotated[str, typer.Argument(help=f"One of: {', '.join(IMPORTERS)}.")],
     src: Annotated[Path, typer.Argument(help="The corpus on disk.")],
     out_dir: Annotated[Path, typer.Argument(help="Where to write <split>.jsonl manifests and rejected.jsonl.")],
 ) -> None:
@@ -196,7 +198,7 @@ def decode_cmd(
 def transcribe_cmd(
     model: Annotated[Path, typer.Argument(help="A checkpoint (model.pt) or an exported model.")],
     audio: Annotated[list[str], typer.Argument(help="Audio files, directories (searched recursively) or - for a list of paths on stdin.")],
-    fmt: Annotated[str, typer.Option("--format", "-f", help="txt, json, srt, vtt or ctm.")] = "txt",
+    fmt: Annotated[str, typer.Option("--format", "-f", help=f"One of: {', '.join(FORMATS)}.")] = "txt",
     as_json: Annotated[bool, typer.Option("--json", help="Same as --format json.")] = False,
     output_dir: Annotated[Path | None, typer.Option(help="Write one <name>.<format> file per input here instead of printing; folders below the inputs' common folder are mirrored (spk1/utt1.wav -> spk1/utt1.srt).")] = None,
     beam: Beam = False,
