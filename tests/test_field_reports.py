@@ -231,3 +231,23 @@ def test_fit_to_audio_clamps_to_the_clip_and_never_grows_a_word() -> None:
     assert fit_to_audio(words, steady, sr, offset=12.0) == [Word("A", 12.2, 12.6, 1.0), Word("B", 13.5, 14.0, 1.0)]
     # A word in all-silent audio keeps its clamped times.
     assert fit_to_audio([Word("A", 0.1, 0.3, 1.0)], np.zeros(sr), sr) == [Word("A", 0.1, 0.3, 1.0)]
+
+
+def test_transcribed_word_times_lie_within_the_speech(trained: Path, tmp_path: Path) -> None:
+    import json
+
+    from tests.conftest import invoke, tone_utterance
+
+    rng = np.random.default_rng(7)
+    speech = tone_utterance(["BAD", "CAB"], rng)  # words start 0.2 s in
+    for name, lead in [("zeros", np.zeros(int(0.7 * 16000), np.float32)), ("hum", 0.002 * rng.standard_normal(int(0.7 * 16000)))]:
+        sf.write(tmp_path / f"{name}.wav", np.concatenate([lead, speech]).astype(np.float32) + (0.05 if name == "hum" else 0.0), 16000)
+    sf.write(tmp_path / "clip.wav", (0.3 * np.sin(np.arange(160) / 3)).astype(np.float32), 16000)  # 10 ms
+    rows = [json.loads(line) for line in invoke("transcribe", trained / "best.pt", tmp_path, "--format", "json").stdout.splitlines()]
+    by_name = {Path(r["path"]).stem: r for r in rows}
+    for name in ("zeros", "hum"):
+        words = by_name[name]["words"]
+        assert words and words[0]["start"] >= 0.9 - 0.1, (name, words)
+        assert words[-1]["end"] <= by_name[name]["duration"]
+    clip = by_name["clip"]
+    assert all(0 <= w["start"] <= w["end"] <= clip["duration"] for w in clip["words"]), clip
