@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from asr.config import Config, ConfigError
+from asr.expdir import EPOCHS, ExpDir
 from asr.features import FeatureExtractor, Normalizer
 from asr.fileio import atomic_open
 from asr.model import CTCModel
@@ -115,10 +116,10 @@ def average_checkpoints(paths: list[str | Path], out: str | Path) -> None:
 
 
 def epoch_checkpoints(exp: str | Path, last: int) -> list[Path]:
-    """The last `last` epoch checkpoints an experiment kept (train.average_last)."""
-    found = sorted((Path(exp) / "epochs").glob("epoch-*.pt"))
+    """The last `last` epoch checkpoints an experiment kept (train.average_last), oldest first."""
+    found = ExpDir(exp).kept_epochs()
     if not found:
-        raise CheckpointError(f"{exp}: no epochs/epoch-*.pt (train with train.average_last = N to keep them)")
+        raise CheckpointError(f"{exp}: no {EPOCHS}/epoch-*.pt (train with train.average_last = N to keep them)")
     if last < 1:
         raise CheckpointError(f"--last must be at least 1, got {last}")
     return found[-last:]

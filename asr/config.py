@@ -96,6 +96,7 @@ class TrainConfig:
     max_minutes: float = 0.0  # stop at the first epoch boundary past this much training time; 0: no limit
     probe_every: int = 0  # every N updates, per-time-step gradient norms of each layer -> probe.npz; 0: off
     plots: bool = True  # write EXP/plots/ at the end of each epoch
+    tensorboard: bool = False  # TensorBoard event files in EXP/tensorboard/ (needs the tensorboard package)
     average_last: int = 0  # keep the last N epochs' weights and write averaged.pt, their mean; 0: off
     # glibc only: keep freed memory for reuse instead of handing every large tensor a fresh mmap
     # (faster CPU epochs: far fewer page faults; the process holds more memory)

@@ -1,4 +1,5 @@
-"""Training data: features computed once and cached, length-bucketed batches, padding."""
+"""Training data: features computed once and cached, a manifest's usable utterances with their
+targets (one feature set per perturbation speed), length-bucketed batches, padding."""
 
 from __future__ import annotations
 
@@ -7,17 +8,20 @@ import json
 import math
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
 from asr.audio import AudioError, load_audio, resample
-from asr.config import FeatureConfig
-from asr.features import FeatureExtractor, one_thread
-from asr.manifest import Utterance
+from asr.config import Config, ConfigError, FeatureConfig
+from asr.features import FeatureExtractor, Normalizer, one_thread
+from asr.manifest import Utterance, read_manifest
+from asr.text import Tokenizer
 
 
 @dataclass
@@ -37,13 +41,6 @@ class FeatureSet:
 
     def __getitem__(self, i: int) -> torch.Tensor:
         return torch.from_numpy(self.feats[self.offsets[i] : self.offsets[i + 1]])
-
-    @staticmethod
-    def concat(sets: list[FeatureSet]) -> FeatureSet:
-        """One set holding every utterance of each set in turn (entry i of set k at k * n + i for equal n)."""
-        lengths = np.concatenate([s.lengths() for s in sets])
-        offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-        return FeatureSet([u for s in sets for u in s.utts], np.concatenate([s.feats for s in sets]), offsets, sets[0].failed)
 
     def subset(self, keep: list[int]) -> FeatureSet:
         lengths = self.lengths()[keep]
@@ -155,3 +152,141 @@ def ctc_feasible(n_frames: int, targets: list[int]) -> bool:
 
 def subsampled_length(n_frames: int, stack: int) -> int:
     return math.ceil(n_frames / stack)
+
+
+# ------------------------------------------------------------------------------ training data
+
+
+class Key(NamedTuple):
+    """One example of the training data: utterance `utt` (its position among the usable
+    utterances) played at speed `speed` (a position in `TrainData.speeds`)."""
+
+    utt: int
+    speed: int = 0
+
+
+@dataclass
+class Batch:
+    """Padded, normalised features and CTC targets of some examples."""
+
+    feats: torch.Tensor  # (B, T, D) float32, zero-padded
+    lengths: torch.Tensor  # (B,) int64, frames
+    targets: torch.Tensor  # (sum of target_lengths,) int64: the token ids of every example in turn
+    target_lengths: torch.Tensor  # (B,) int64
+    ids: list[str]  # utterance ids
+
+
+@dataclass
+class TrainData:
+    """Features and targets of a manifest's usable utterances: one feature set per speed of
+    `speeds`, each holding the same utterances in the same order. An example is a `Key`."""
+
+    versions: list[FeatureSet]  # versions[k]: every utterance at speeds[k]
+    targets: list[list[int]]  # token ids, one list per utterance
+    speeds: list[float]
+
+    def __post_init__(self) -> None:
+        if len(self.versions) != len(self.speeds) or any(len(v) != len(self.targets) for v in self.versions):
+            raise ValueError("TrainData: one feature set per speed, each with one entry per target")
+
+    @property
+    def n(self) -> int:
+        """Number of utterances (each at every speed)."""
+        return len(self.targets)
+
+    @property
+    def utts(self) -> list[Utterance]:
+        return self.versions[0].utts
+
+    @property
+    def plain(self) -> int:
+        """The speed that evaluation, normalisation statistics and the epoch-size estimate use:
+        1.0, or the first speed when 1.0 is not among them."""
+        return self.speeds.index(1.0) if 1.0 in self.speeds else 0
+
+    def __getitem__(self, key: Key) -> torch.Tensor:
+        """The (frames, dim) features of one example."""
+        return self.versions[key.speed][key.utt]
+
+    def lengths(self, keys: list[Key]) -> np.ndarray:
+        """(len(keys),) int64: frames of each example."""
+        per_speed = [v.lengths() for v in self.versions]
+        return np.array([per_speed[k.speed][k.utt] for k in keys], dtype=np.int64)
+
+    def plain_keys(self) -> list[Key]:
+        """Every utterance once, at the plain speed."""
+        return [Key(i, self.plain) for i in range(self.n)]
+
+    def epoch_keys(self, generator: torch.Generator | None) -> list[Key]:
+        """Every utterance once: at a speed drawn from `generator` for each, or without one at the plain speed."""
+        if len(self.speeds) == 1 or generator is None:
+            return self.plain_keys()
+        drawn = torch.randint(len(self.speeds), (self.n,), generator=generator).tolist()
+        return [Key(i, s) for i, s in enumerate(drawn)]
+
+    def epoch_batches(self, batch_frames: int, generator: torch.Generator | None) -> list[list[Key]]:
+        """An epoch's batches (`bucket_batches`): with a generator, random speeds and a shuffled order."""
+        keys = self.epoch_keys(generator)
+        return [[keys[i] for i in b] for b in bucket_batches(self.lengths(keys), batch_frames, generator)]
+
+    def padding(self, batches: list[list[Key]]) -> float:
+        """Share of the padded batches' frames that are padding (`padding_fraction`)."""
+        lengths = {k: int(n) for b in batches for k, n in zip(b, self.lengths(b), strict=True)}
+        return padding_fraction(lengths, batches)
+
+    def batch(self, keys: list[Key], normalizer: Normalizer) -> Batch:
+        x, lengths = pad_batch([self[k] for k in keys])
+        x = normalizer(x, lengths)
+        tgt = [self.targets[k.utt] for k in keys]
+        return Batch(
+            x,
+            lengths,
+            torch.tensor([t for seq in tgt for t in seq], dtype=torch.long),
+            torch.tensor([len(seq) for seq in tgt], dtype=torch.long),
+            [self.utts[k.utt].id for k in keys],
+        )
+
+
+def prepare_data(
+    manifest: str, name: str, cfg: Config, tokenizer: Tokenizer | None, training: bool, log: Callable[[str], None] | None = None
+) -> TrainData:
+    """Features and targets of a manifest, `name` ("train", "dev") labelling what `log` reports.
+    Utterances that are too long, spell characters outside the token set (of `tokenizer`, or of
+    the manifest's own texts without one), or have more tokens than frames (CTC cannot learn them)
+    are left out and counted. Training data gets one feature set per speed of `augment.speeds`.
+    ConfigError for bad speeds or when no utterance is left."""
+    speeds = cfg.augment.speeds if training else [1.0]
+    if any(not 0.5 <= s <= 2.0 for s in speeds) or len(set(speeds)) < len(speeds):
+        raise ConfigError(f"augment.speeds must be distinct factors between 0.5 and 2.0, got {speeds}")
+    utts = read_manifest(manifest)
+    versions = [load_features(manifest, utts, cfg.features, speed=s) for s in speeds]
+    features = versions[0]
+    tok = tokenizer or Tokenizer.from_texts(u.text for u in features.utts)
+    keep, targets, dropped = [], [], {}
+    shortest = np.min([v.lengths() for v in versions], axis=0)  # the same utterances fail to read at every speed
+    for i, u in enumerate(features.utts):
+        reason = None
+        if tok.unknown(u.text):
+            reason = "characters outside the token set"
+        elif training and u.duration > cfg.data.max_duration:
+            reason = f"longer than data.max_duration={cfg.data.max_duration}s"
+        elif training and not ctc_feasible(subsampled_length(int(shortest[i]), cfg.model.stack), tok.encode(u.text)):
+            reason = "more tokens than frames after subsampling"
+        if reason:
+            dropped[reason] = dropped.get(reason, 0) + 1
+        else:
+            keep.append(i)
+            targets.append(tok.encode(u.text))
+    log = log or _log
+    for reason, n in dropped.items():
+        log(f"{name}: left out {n} utterance(s): {reason}")
+    if features.failed:
+        log(f"{name}: {len(features.failed)} utterance(s) with unreadable audio left out")
+    if not keep:
+        raise ConfigError(f"{manifest}: no usable utterances")
+    versions = [v.subset(keep) if len(keep) < len(v) else v for v in versions]
+    return TrainData(versions, targets, list(speeds))
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)

@@ -1,10 +1,15 @@
-"""Distributed training with PyTorch's own engine: torchrun sets the environment, DDP averages
-gradients. Gloo on CPU, NCCL on GPU. Without torchrun everything here is a no-op."""
+"""Distributed training with PyTorch's own engine: torchrun starts the processes and sets the
+environment, DDP averages gradients. Gloo on CPU, NCCL on GPU. Without torchrun everything here
+but the launcher is a no-op."""
 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -77,3 +82,21 @@ def resolve_device(name: str, processes: int | None = None) -> torch.device:
     if name == "cpu" or gpus == 0 or local > gpus:
         return torch.device("cpu")
     return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def torchrun_command(nproc: int, args: Sequence[str]) -> list[str]:
+    """The command line that runs `python -m asr ARGS` in `nproc` processes on this machine under
+    torchrun (`--standalone`: a rendezvous on localhost, no launcher of its own to start)."""
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", "-m", "asr", *args]
+
+
+def launch_training(config: str | Path, out: str | Path, nproc: int, overrides: Sequence[str] = (), device: str = "auto") -> int:
+    """Train in `nproc` processes on this machine: torchrun runs `asr train CONFIG --out OUT
+    --set ...` in each, and `asr.train.train` joins them (DDP). `device` (train.device, after the
+    overrides) is checked first, so a machine with too few GPUs fails here once (ValueError), not
+    once per process. Returns torchrun's exit status."""
+    resolved = resolve_device(device, nproc)
+    if resolved.type == "cpu" and device == "auto" and torch.cuda.is_available():
+        print(f"{nproc} processes on the CPU (gloo): CUDA needs a GPU per process", file=sys.stderr, flush=True)
+    args = ["train", str(config), "--out", str(out), *[a for o in overrides for a in ("--set", o)]]
+    return subprocess.call(torchrun_command(nproc, args))

@@ -16,12 +16,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from asr.expdir import ExpDir
 from asr.fileio import atomic_open
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
+    from asr.callbacks import EpochResult, StepResult
     from asr.inspect import Inspection
 
 DPI = 100
@@ -107,8 +109,15 @@ def plot_grad_norms(steps_csv: Path, out: Path) -> Path | None:
 
 
 def plot_probe(probe: dict[str, np.ndarray], out: Path, title: str = "") -> Path | None:
-    """||d loss / d h_t|| against the output time step t for the probe batch: every layer at the
-    latest probe, and the first probe against the latest."""
+    """`probe_figure` written to `out`; None (nothing written) before the first probe."""
+    fig = probe_figure(probe, title)
+    return _save(fig, out) if fig is not None else None
+
+
+def probe_figure(probe: dict[str, np.ndarray], title: str = "") -> Figure | None:
+    """||d loss / d h_t|| against the output time step t for the probe batch (the arrays of
+    `asr.inspect.load_probe`): every layer at the latest probe, and the first probe against the
+    latest. None before the first probe."""
     norms, steps, layers = probe["norms"], probe["steps"], [str(x) for x in probe["layers"]]
     if len(steps) == 0:
         return None
@@ -131,33 +140,56 @@ def plot_probe(probe: dict[str, np.ndarray], out: Path, title: str = "") -> Path
     compare_ax.set(title=f"update {steps[0]} (dashed) and {steps[-1]} (solid)")
     if title:
         fig.suptitle(title)
-    return _save(fig, out)
+    return fig
+
+
+def figure_pixels(fig: Figure) -> np.ndarray:
+    """The figure drawn on the Agg canvas at `DPI`: (height, width, 3) uint8 RGB."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(fig)
+    fig.set_dpi(DPI)
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[:, :, :3].copy()
 
 
 def training_plots(exp: str | Path) -> list[Path]:
     """Write EXP/plots/{epochs,grad_norm,probe}.png from what training has written so far."""
     from asr.inspect import load_probe
 
-    exp = Path(exp)
-    out = exp / "plots"
-    written = [plot_epochs(exp / "metrics.csv", out / "epochs.png"), plot_grad_norms(exp / "steps.csv", out / "grad_norm.png")]
-    if (exp / "probe.npz").exists():
-        written.append(plot_probe(load_probe(exp / "probe.npz"), out / "probe.png", title=f"gradients through time: {exp.name}"))
+    exp = ExpDir(exp)
+    out = exp.plots
+    written = [plot_epochs(exp.metrics, out / "epochs.png"), plot_grad_norms(exp.steps, out / "grad_norm.png")]
+    if exp.probe.exists():
+        written.append(plot_probe(load_probe(exp.probe), out / "probe.png", title=f"gradients through time: {exp.root.name}"))
     return [p for p in written if p is not None]
 
 
 class TrainingPlots:
     """Training's plots, redrawn at the end of an epoch when that stays cheap: not before the time
-    since the last drawing (or since training started) is 20 times what a drawing takes (about
-    a second; measured after the first), so plotting takes at most about 5% of the run; `finish`
-    draws what was skipped. A failure is a warning, never an error: plots must not stop training."""
+    since the last drawing (or since training started) is 20 times what a drawing takes (`cost`
+    until the first is measured), so plotting takes at most about 5% of the run; `finish`
+    draws what was skipped. A failure is a warning, never an error: plots must not stop training.
+
+    A training callback (`asr.callbacks.Callback`): redrawn at each epoch's end, and on the last."""
 
     def __init__(self, exp: Path, share: float = 0.05, cost: float = 1.0):
+        """`share`: the most of the run's time that drawing may take; `cost`: seconds a drawing
+        is taken to cost until one has been measured."""
         self.exp, self.share = exp, share
         self.cost = cost
         self.last = time.monotonic()
         self.pending = False
         self.failed = False
+
+    def on_step(self, step: StepResult) -> None:
+        pass
+
+    def on_epoch_end(self, epoch: EpochResult) -> None:
+        self.update(final=epoch.final)
+
+    def on_train_end(self) -> None:
+        self.finish()
 
     def update(self, final: bool = False) -> None:
         self.pending = True
@@ -176,7 +208,7 @@ class TrainingPlots:
             training_plots(self.exp)
         except Exception as e:  # noqa: BLE001 - a plot never stops training
             self.failed = True
-            print(f"warning: plots in {self.exp / 'plots'} not written ({type(e).__name__}: {e}); training goes on", file=sys.stderr)
+            print(f"warning: plots in {ExpDir(self.exp).plots} not written ({type(e).__name__}: {e}); training goes on", file=sys.stderr)
         self.last = time.monotonic()
         self.cost = self.last - start
         self.pending = False

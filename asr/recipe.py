@@ -21,9 +21,10 @@ from asr.checkpoint import average_checkpoints, epoch_checkpoints
 from asr.config import Config, ConfigError, set_value
 from asr.corpora import prepare
 from asr.decode import TuneResult, decode_manifest
+from asr.expdir import ExpDir, last_metrics
 from asr.fileio import atomic_write_text
 from asr.scoring import score_files
-from asr.train import export_model, last_metrics, train, training_complete
+from asr.train import export_model, train, training_complete
 
 RECIPES_DIR = Path(__file__).resolve().parents[1] / "recipes"
 STAGES = {1: "prepare", 2: "train", 3: "lm", 4: "decode", 5: "score"}
@@ -147,9 +148,9 @@ def run_recipe(
                 _train_distributed(cfg, train_dir, nproc)
             else:
                 train(cfg, train_dir)
-        chosen = train_dir / "best.pt"
+        chosen = ExpDir(train_dir).best
         if cfg.train.average_last > 0:  # the mean of the last epochs, written at the end of training
-            chosen = train_dir / "averaged.pt"
+            chosen = ExpDir(train_dir).averaged
             if not chosen.exists():
                 average_checkpoints(epoch_checkpoints(train_dir, cfg.train.average_last), chosen)
         if not fresh(model_path, chosen):
@@ -260,8 +261,8 @@ def tune_weights_by_folds(
     re-running resumes); then build each fold's LM and lexicon from its own training transcripts, beam
     search its held-out utterances over the grid, and score all folds' hypotheses together.
     Writes OUT/grid.tsv and the best settings to OUT/decode.toml; the recipe's [decode] takes them."""
-    import subprocess
-    from concurrent.futures import ThreadPoolExecutor
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
 
     from asr.beam import GreedySearch
     from asr.config import to_toml
@@ -300,19 +301,20 @@ def tune_weights_by_folds(
                 write_manifest(run_dir / "data" / "dev.jsonl", [u for u in pooled if fold_of[u.speaker] == k])
             runs.append((k, seed, run_dir))
 
-    def train_fold(k: int, seed: int, run_dir: Path) -> None:
-        sets = [*overrides, "recipe.train_on_dev=false", f"train.seed={seed}"]
-        cmd = [sys.executable, "-m", "asr", "recipe", "run", str(recipe.path), "--out", str(run_dir), "--stage", "2", "--stop-stage", "2"]
-        _log(f"fold {k} seed {seed}: training on {len(speakers) - sum(v == k for v in fold_of.values())} speakers (log: {run_dir / 'log.txt'})")
-        with open(run_dir / "log.txt", "w") as log:
-            rc = subprocess.run(cmd + [a for kv in sets for a in ("--set", kv)], stdout=log, stderr=subprocess.STDOUT).returncode
-        if rc != 0:
-            raise RecipeError(f"fold {k} seed {seed}: training failed (exit {rc}); see {run_dir / 'log.txt'}")
-
-    pool = ThreadPoolExecutor(max_workers=max(1, jobs))
+    # Each fold trains in a process of its own: torch's random generator and thread settings are
+    # the process's, so folds trained side by side must not share one.
+    pool = ProcessPoolExecutor(max_workers=max(1, jobs), mp_context=multiprocessing.get_context("spawn"), max_tasks_per_child=1)
     try:
-        for f in [pool.submit(train_fold, *run) for run in runs]:
-            f.result()
+        futures = []
+        for k, seed, run_dir in runs:
+            _log(f"fold {k} seed {seed}: training on {len(speakers) - sum(v == k for v in fold_of.values())} speakers (log: {run_dir / 'log.txt'})")
+            sets = [*overrides, "recipe.train_on_dev=false", f"train.seed={seed}"]
+            futures.append((k, seed, run_dir, pool.submit(_train_fold, str(recipe.path), run_dir, sets)))
+        for k, seed, run_dir, future in futures:
+            try:
+                future.result()
+            except Exception as e:  # noqa: BLE001 - any failure of a fold is reported with its log
+                raise RecipeError(f"fold {k} seed {seed}: training failed ({type(e).__name__}: {e}); see {run_dir / 'log.txt'}") from None
     finally:
         pool.shutdown(cancel_futures=True)  # after a failure, start no more folds
 
@@ -370,16 +372,30 @@ def cross_validation_table(recipe: Recipe, results: dict[str, dict[str, dict]]) 
 
 
 def _train_distributed(cfg: Config, train_dir: Path, nproc: int) -> None:
-    """`asr train --nproc N` (torchrun, DDP) on the recipe's resolved configuration."""
-    import subprocess
-
+    """Train on the recipe's resolved configuration (written to train.toml beside `train_dir`) in
+    `nproc` processes: torchrun, DDP (`asr.distributed.launch_training`)."""
     from asr.config import to_toml
+    from asr.distributed import launch_training
 
     config = train_dir.parent / "train.toml"
     atomic_write_text(config, to_toml(cfg.to_dict()))
-    cmd = [sys.executable, "-m", "asr", "train", str(config), "--out", str(train_dir), "--nproc", str(nproc)]
-    if subprocess.call(cmd) != 0:
+    if launch_training(config, train_dir, nproc, device=cfg.train.device) != 0:
         raise RecipeError(f"distributed training into {train_dir} failed (see above); run the recipe again to resume")
+
+
+def _train_fold(recipe: str, run_dir: Path, overrides: list[str]) -> None:
+    """Stage 2 of `recipe` into `run_dir` (a fold of `tune_weights_by_folds`), in a process of its
+    own whose output goes to run_dir/log.txt."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    with open(run_dir / "log.txt", "w") as log:
+        os.dup2(log.fileno(), 1)
+        os.dup2(log.fileno(), 2)
+        try:
+            run_recipe(recipe, run_dir, stage=2, stop_stage=2, overrides=overrides)
+        except Exception as e:
+            print(f"error: {e}", file=sys.stderr, flush=True)
+            raise
 
 
 def _hyp_paths(recipe: Recipe, exp: Path, test_set: str) -> dict[str, Path]:

@@ -107,21 +107,12 @@ def train_cmd(
 ) -> None:
     """Train a BiLSTM-CTC model; writes best.pt, last.pt, metrics.csv and steps.csv into --out."""
     overrides = list(overrides or []) + ([f"train.device={device}"] if device else []) + ([f"train.threads={threads}"] if threads is not None else [])
-    if nproc > 1 and "WORLD_SIZE" not in os.environ:
-        import subprocess
-
-        import torch
-
+    if nproc > 1 and "WORLD_SIZE" not in os.environ:  # start the processes; each comes back here under torchrun
         from asr.config import load_config
-        from asr.distributed import resolve_device
+        from asr.distributed import launch_training
 
         cfg = load_config(config, overrides)  # a bad config or device fails here in one line, not once per process
-        device = resolve_device(cfg.train.device, nproc)
-        if device.type == "cpu" and cfg.train.device == "auto" and torch.cuda.is_available():
-            typer.echo(f"{nproc} processes on the CPU (gloo): CUDA needs a GPU per process", err=True)
-        args = [str(config), "--out", str(out)] + [a for o in overrides for a in ("--set", o)]
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", "-m", "asr", "train", *args]
-        raise typer.Exit(subprocess.call(cmd))
+        raise typer.Exit(launch_training(config, out, nproc, overrides, cfg.train.device))
     from asr.config import load_config
     from asr.train import train
 

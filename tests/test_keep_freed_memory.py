@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from asr.train import _LIBC
+from asr.memory import _LIBC
 
 PROBE = """
 import resource, sys, torch

@@ -10,8 +10,7 @@ import torch
 
 from asr.checkpoint import CheckpointError, average_checkpoints, load_checkpoint
 from asr.config import Config, ConfigError, load_config
-from asr.data import speed_perturb
-from asr.train import prepare_data
+from asr.data import Key, prepare_data, speed_perturb
 from tests.conftest import TONE_CONFIG, invoke
 
 
@@ -39,19 +38,19 @@ def test_training_data_holds_one_copy_per_speed(tone_corpus: dict[str, Path]) ->
     cfg = load_config(None, ["augment.speeds=[0.9, 1.0, 1.1]", "features.n_mels=40"])
     data = prepare_data(str(tone_corpus["train"]), "train", cfg, None, training=True, log=lambda m: None)
     n = data.n
-    assert data.copies == 3 and len(data.features) == 3 * n and data.plain_copy == 1
-    lengths = data.features.lengths()
-    slow, plain, fast = lengths[:n], lengths[n : 2 * n], lengths[2 * n :]
+    assert data.speeds == [0.9, 1.0, 1.1] and [len(v) for v in data.versions] == [n, n, n] and data.plain == 1
+    slow, plain, fast = (v.lengths() for v in data.versions)
     assert np.all(slow > plain) and np.all(fast < plain)
-    assert data.features.utts[0].id == data.features.utts[n].id == data.features.utts[2 * n].id
+    assert data.versions[0].utts[0].id == data.versions[1].utts[0].id == data.versions[2].utts[0].id
+    assert len(data[Key(0, 0)]) == slow[0] and len(data[Key(0, 2)]) == fast[0]
     # every epoch: each utterance exactly once, at a random speed
-    entries = data.epoch_entries(torch.Generator().manual_seed(0))
-    assert sorted(entries % n) == list(range(n)) and len(set(entries // n)) == 3
+    keys = data.epoch_keys(torch.Generator().manual_seed(0))
+    assert sorted(k.utt for k in keys) == list(range(n)) and len({k.speed for k in keys}) == 3
     batches = data.epoch_batches(3000, torch.Generator().manual_seed(0))
-    assert sorted(i % n for b in batches for i in b) == list(range(n))
-    assert list(data.epoch_entries(None)) == list(range(n, 2 * n))
+    assert sorted(k.utt for b in batches for k in b) == list(range(n))
+    assert data.epoch_keys(None) == [Key(i, 1) for i in range(n)]
     dev = prepare_data(str(tone_corpus["dev"]), "dev", cfg, None, training=False, log=lambda m: None)
-    assert dev.copies == 1
+    assert dev.speeds == [1.0] and len(dev.versions) == 1
     with pytest.raises(ConfigError, match="augment.speeds"):
         prepare_data(str(tone_corpus["dev"]), "dev", load_config(None, ["augment.speeds=[0.1]"]), None, training=True)
 

@@ -15,7 +15,8 @@ import pytest
 import torch
 
 from asr.config import load_config
-from asr.train import PeakMemory, TrainingError, _rss_mb, train
+from asr.memory import PeakMemory, rss_mb
+from asr.train import TrainingError, train
 from tests.conftest import make_tone_corpus
 
 SMALL = """
@@ -137,7 +138,7 @@ def test_non_finite_steps_are_skipped_then_stop(small: tuple[Path, Path], tmp_pa
 def test_epoch_peak_memory_sees_a_short_allocation() -> None:
     with PeakMemory(interval=0.01) as memory:
         memory.restart()
-        before = _rss_mb()
+        before = rss_mb()
         block = np.ones(300 * 2**20 // 8)  # 300 MB, touched, held for 0.2 s, then freed
         time.sleep(0.2)
         del block
