@@ -107,10 +107,11 @@ def test_second_process_is_refused(small: tuple[Path, Path], tmp_path: Path) -> 
 
 
 def test_non_finite_steps_are_skipped_then_stop(small: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import asr.train
+    import importlib
 
+    train_module = importlib.import_module("asr.train")  # the package's own `asr.train` is the function
     config, manifest = small
-    real_loss = asr.train.ctc_loss
+    real_loss = train_module.ctc_loss
     calls = {"n": 0, "bad": {3, 4}}
 
     def flaky_loss(*args):
@@ -118,7 +119,7 @@ def test_non_finite_steps_are_skipped_then_stop(small: tuple[Path, Path], tmp_pa
         loss = real_loss(*args)
         return loss * math.nan if calls["n"] in calls["bad"] else loss
 
-    monkeypatch.setattr(asr.train, "ctc_loss", flaky_loss)
+    monkeypatch.setattr(train_module, "ctc_loss", flaky_loss)
     cfg = load_config(config, [f"data.train={manifest}", "train.epochs=2"])
     train(cfg, tmp_path / "a")
     rows = list(csv.DictReader(open(tmp_path / "a" / "metrics.csv")))
