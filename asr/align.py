@@ -58,6 +58,8 @@ ENERGY_FRAME_SECONDS = 0.01  # resolution of fit_to_audio's sound/silence decisi
 NOISE_PERCENTILE, LEVEL_PERCENTILE = 10.0, 97.0
 MIN_SNR_DB = 6.0  # sound is at least this far above the noise floor ...
 RELATIVE_THRESHOLD = 0.25  # ... and this fraction of the way from the floor to the level
+DIGITAL_SILENCE_DB = -100.0  # frames below this are zeros, not a recording's noise
+LOUD_RANGE_DB = 20.0  # frames within this of the level are sound whatever the floor
 
 
 @dataclass(frozen=True)
@@ -247,8 +249,9 @@ def fit_to_audio(words: list[Word], samples: np.ndarray, sample_rate: int, offse
     Returns new words (same text and confidence): times clamped to [offset, offset + duration],
     then each word's start moved forward to its first 10 ms frame of sound and its end back to
     the end of its last, within the word's own interval (see the module docstring). The audio's
-    threshold is noise floor + max(6 dB, a quarter of the way to its level) (10th and 97th
-    percentiles of frame energy in dBFS); audio with less than 6 dB between the two has no
+    threshold is noise floor + max(6 dB, a quarter of the way to its level), and at most 20 dB
+    below the level (10th and 97th percentiles of frame energy in dBFS, digital zeros left out);
+    audio with less than 6 dB between the two has no
     pauses to find, and only the clamping applies.
     """
     samples = np.asarray(samples, dtype=np.float64).reshape(-1)
@@ -259,9 +262,10 @@ def fit_to_audio(words: list[Word], samples: np.ndarray, sample_rate: int, offse
     sound = None
     if n >= 2:
         db = 10 * np.log10(samples[: n * hop].reshape(n, hop).var(axis=1) + 1e-12)
-        floor, level = np.percentile(db, [NOISE_PERCENTILE, LEVEL_PERCENTILE])
+        live = db[db > DIGITAL_SILENCE_DB]  # digital zeros (padding, a muted start) set no noise floor
+        floor, level = np.percentile(live if len(live) >= 2 else db, [NOISE_PERCENTILE, LEVEL_PERCENTILE])
         if level - floor >= MIN_SNR_DB:
-            sound = db > floor + max(MIN_SNR_DB, RELATIVE_THRESHOLD * (level - floor))
+            sound = db > min(floor + max(MIN_SNR_DB, RELATIVE_THRESHOLD * (level - floor)), level - LOUD_RANGE_DB)
     fitted = []
     for w in words:
         start = min(max(w.start, offset), end_of_audio)

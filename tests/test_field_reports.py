@@ -218,6 +218,17 @@ def test_fit_to_audio_moves_word_edges_out_of_silence(lead: str, floor: float, o
     assert fitted[1].end == pytest.approx(2.2, abs=0.1) and fitted[1].end <= len(x) / sr
 
 
+def test_fit_to_audio_digital_zeros_before_a_noisy_recording() -> None:
+    """A muted start (zeros) before a recording whose own noise precedes the speech: the noise is
+    still silence, so the word starts where the speech does."""
+    from asr.align import Word, fit_to_audio
+
+    sr, rng = 16000, np.random.default_rng(5)
+    x = np.concatenate([np.zeros(int(0.7 * sr)), 0.0006 * rng.standard_normal(int(0.3 * sr)), _speechlike(1.0, sr, rng), 0.0006 * rng.standard_normal(int(0.5 * sr))])
+    (w,) = fit_to_audio([Word("RUBOUT", 0.7, 2.1, 0.9)], x, sr)
+    assert w.start == pytest.approx(1.0, abs=0.1) and w.end == pytest.approx(2.0, abs=0.1)
+
+
 def test_fit_to_audio_clamps_to_the_clip_and_never_grows_a_word() -> None:
     from asr.align import Word, fit_to_audio
 
