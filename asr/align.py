@@ -277,5 +277,5 @@ def fit_to_audio(words: list[Word], samples: np.ndarray, sample_rate: int, offse
             if len(voiced):
                 start = max(start, offset + voiced[0] * hop / sample_rate)
                 end = max(start, min(end, offset + (voiced[-1] + 1) * hop / sample_rate))
-        fitted.append(Word(w.word, start, end, w.confidence))
+        fitted.append(Word(w.word, float(start), float(end), w.confidence))
     return fitted
