@@ -10,12 +10,11 @@ file (a TOML `[decode]` table, as `asr tune-decoder` writes), then explicit argu
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-from asr.config import Config, ConfigError, DecodeConfig, set_value
+from asr.config import Config, ConfigError, DecodeConfig, load_decode_settings, set_value
 
 __all__ = ["DecodeOptions", "resolve_options", "make_decoder"]
 
@@ -57,15 +56,7 @@ class DecodeOptions:
 
     def decode_config(self) -> DecodeConfig:
         """The same settings as a (mutable, fresh) DecodeConfig, for code that takes one."""
-        return DecodeConfig(
-            batch_frames=self.batch_frames,
-            beam_size=self.beam_size,
-            beam_threshold=self.beam_threshold,
-            lm_weight=self.lm_weight,
-            word_score=self.word_score,
-            speeds=list(self.speeds),
-            view_nbest=self.view_nbest,
-        )
+        return DecodeConfig(**{k: list(getattr(self, k)) if k == "speeds" else getattr(self, k) for k in _CONFIG_KEYS})
 
 
 _CONFIG_KEYS = {f.name for f in fields(DecodeConfig)}
@@ -86,7 +77,7 @@ def resolve_options(
     if checkpoint is not None:
         cfg.decode.speeds = list(checkpoint.speeds)
     if decoder_file is not None:
-        _read_decoder_file(cfg, Path(decoder_file))
+        load_decode_settings(cfg.decode, decoder_file)
     given = {k: v for k, v in flags.items() if v is not None}
     known = {f.name for f in fields(DecodeOptions)}
     unknown = sorted(set(given) - known)
@@ -95,16 +86,7 @@ def resolve_options(
     for key in _CONFIG_KEYS & set(given):
         value = list(given[key]) if key == "speeds" else given[key]
         set_value(cfg, f"decode.{key}", value, where=f"--{key.replace('_', '-')}")
-    d = cfg.decode
-    options = DecodeOptions(
-        beam_size=d.beam_size,
-        beam_threshold=d.beam_threshold,
-        lm_weight=d.lm_weight,
-        word_score=d.word_score,
-        speeds=tuple(d.speeds),
-        view_nbest=d.view_nbest,
-        batch_frames=d.batch_frames,
-    )
+    options = DecodeOptions(**{k: tuple(v) if k == "speeds" else v for k, v in vars(cfg.decode).items()})
     rest = {k: v for k, v in given.items() if k not in _CONFIG_KEYS}
     for key in ("lexicon", "lm"):
         if key in rest:
@@ -113,17 +95,6 @@ def resolve_options(
     if "beam_size" in given or "speeds" in given:
         options = replace(options, beam=True)
     return options
-
-
-def _read_decoder_file(cfg: Config, path: Path) -> None:
-    try:
-        d = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: file not found") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{path}: not valid TOML ({e})") from None
-    for key, value in d.get("decode", {}).items():
-        set_value(cfg, f"decode.{key}", value, where=str(path))
 
 
 def make_decoder(tokenizer: Any, options: DecodeOptions) -> Any:

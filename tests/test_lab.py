@@ -195,7 +195,7 @@ def _fake_an4(root: Path) -> Path:
 def test_compare_on_a_fake_an4(tmp_path: Path) -> None:
     data = _fake_an4(tmp_path / "an4")
     out = tmp_path / "cmp"
-    args = ["lab", "compare", "--data", data, "--out", out, "--minutes-per-model", 0.0001, "--kinds", "blstm,rnn", "--kinds", "mlp", "--probe-every", 1]
+    args = ["lab", "compare", "--data", data, "--out", out, "--minutes-per-model", 0.000001, "--kinds", "blstm,rnn", "--kinds", "mlp", "--probe-every", 1]
     tiny = ["features.n_mels=16", "model.hidden=12", "model.layers=1", "model.stack=2", "model.context=1", "train.batch_frames=2000", "train.threads=1", "train.plots=false"]
     result = invoke(*args, *[a for s in tiny for a in ("--set", s)])
     rows = json.loads((out / "results.json").read_text())
