@@ -44,6 +44,9 @@ def load_model(path: str | Path, device: str = "cpu") -> Any:
     return Recognizer.from_checkpoint(path, str(resolve_device(device)))
 
 
+DECODE_BLOCK = 2000  # utterances whose audio decode_items holds at once
+
+
 def decode_items(
     model: Any,
     items: list[tuple[str, str | Path]],
@@ -53,20 +56,22 @@ def decode_items(
     rate_check: SampleRateCheck | None = None,
     word_times: bool = False,
 ) -> Iterator[Transcript]:
-    """Decode (id, audio path) pairs, one `Transcript` each (its `id` the pair's id): unreadable
+    """Decode (id, audio path) pairs, one `Transcript` each (its `id` the pair's id), in blocks
+    of `DECODE_BLOCK` items so that memory holds one block's audio: in each block, unreadable
     audio first, each with its `error`, then the rest in length-bucketed batches
     (`asr.inference.recognize`). Ids must be distinct. With `rate_check`, each readable file's
     own sample rate is added to it."""
     decoder = decoder or decoder_for(model, resolve_options(model.cfg.decode))
-    audios, keys = read_items(model, items, progress, rate_check)
-    for key, (path, reason) in keys.items():
-        if reason:
-            yield Transcript(path=os.fspath(path), id=key, error=reason)
-    readable = [k for k, (_, reason) in keys.items() if not reason]
     options = resolve_options(model.cfg.decode, batch_frames=batch_frames)
-    results = recognize(model, [audios[k] for k in readable], options, decoder=decoder, word_times=word_times)
-    for key, result in zip(readable, results, strict=True):
-        yield replace(result, path=os.fspath(keys[key][0]), id=key)
+    for start in range(0, len(items), DECODE_BLOCK):
+        audios, keys = read_items(model, items[start : start + DECODE_BLOCK], progress, rate_check)
+        for key, (path, reason) in keys.items():
+            if reason:
+                yield Transcript(path=os.fspath(path), id=key, error=reason)
+        readable = [k for k, (_, reason) in keys.items() if not reason]
+        results = recognize(model, [audios.pop(k) for k in readable], options, decoder=decoder, word_times=word_times)
+        for key, result in zip(readable, results, strict=True):
+            yield replace(result, path=os.fspath(keys[key][0]), id=key)
 
 
 def read_items(
