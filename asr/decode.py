@@ -245,7 +245,7 @@ def transcribe(
     Files sampled below the model's rate are transcribed and counted: once every file is done,
     one warning on stderr says how many (`asr.audio.SampleRateCheck`); with `rate_check`, they
     are added to the caller's check instead, which warns when the caller likes."""
-    from asr.inference import transcribe as transcribe_one
+    from asr.inference import transcribe_long
 
     model = load_model(model) if isinstance(model, (str, Path)) else model
     options = resolve_options(model.cfg.decode, batch_frames=batch_frames)
@@ -272,7 +272,7 @@ def transcribe(
             continue
         yield from flush()
         try:
-            yield transcribe_one(model, p, options=options, decoder=decoder, word_times=timestamps)
+            yield transcribe_long(model, p, info, options, decoder, timestamps)
         except AudioError as e:
             yield Transcript(path=p, error=e.reason)
     yield from flush()

@@ -217,10 +217,7 @@ def transcribe(
 
         info = audio_info(audio)
         if info.duration > LONG_AUDIO_SECONDS:
-            from asr.segment import iter_segments
-
-            segments = iter_segments(audio, sr, max_seconds=LONG_AUDIO_SECONDS)
-            return replace(_join(model, segments, info.duration, info.sample_rate, options, decoder, word_times, t0), path=os.fspath(audio))
+            return transcribe_long(model, audio, info, options, decoder, word_times)
     a = read_audio(audio, sample_rate, sr)
     if a.duration <= LONG_AUDIO_SECONDS:
         result = recognize(model, [a], options, decoder=decoder, word_times=word_times)[0]
@@ -231,6 +228,16 @@ def transcribe(
     blocks = (a.samples[i : i + sr] for i in range(0, len(a.samples), sr))
     segments = segment_stream(blocks, sr, sr, max_seconds=LONG_AUDIO_SECONDS)
     return _join(model, segments, a.duration, a.source_rate, options, decoder, word_times, t0)
+
+
+def transcribe_long(model: Any, path: str | Path, info: Any, options: DecodeOptions, decoder: Decoder, word_times: bool = True) -> Transcript:
+    """A file longer than LONG_AUDIO_SECONDS whose header (`asr.audio.audio_info`) the caller
+    has read: read block by block, cut at pauses, decoded segment by segment and joined."""
+    from asr.segment import iter_segments
+
+    t0 = time.perf_counter()
+    segments = iter_segments(path, model.cfg.features.sample_rate, max_seconds=LONG_AUDIO_SECONDS)
+    return replace(_join(model, segments, info.duration, info.sample_rate, options, decoder, word_times, t0), path=os.fspath(path))
 
 
 def _join(model: Any, segments: Iterator[Any], duration: float, source_rate: int, options: DecodeOptions, decoder: Decoder, word_times: bool, t0: float) -> Transcript:

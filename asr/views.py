@@ -22,9 +22,9 @@ __all__ = ["speed_views", "search_views", "ctc_log_likelihoods"]
 def speed_views(samples: np.ndarray, sample_rate: int, speeds: Sequence[float]) -> list[np.ndarray]:
     """`samples` (1-D float, at `sample_rate` Hz) played at each of `speeds`, tempo and pitch
     together as Kaldi's `sox speed` (training's speed perturbation); speed 1.0 is the input."""
-    from asr.audio import resample
+    from asr.data import speed_perturb
 
-    return [resample(samples, round(sample_rate * s), sample_rate) if s != 1.0 else samples for s in speeds]
+    return [speed_perturb(samples, sample_rate, s) for s in speeds]
 
 
 def search_views(search: BeamSearch, views: list[torch.Tensor]) -> list[Hypothesis]:
