@@ -27,6 +27,8 @@ class FeatureConfig:
     n_mfcc: int = 40
     win_ms: float = 25.0
     hop_ms: float = 10.0
+    # Lowest frequency of the mel filterbank, in Hz (Kaldi's --low-freq, default 20).
+    f_min: float = 0.0
     # Mean normalisation: "global" (the training set's mean and variance) or "utterance" (each
     # utterance's own mean removed first, Kaldi's per-utterance apply-cmvn; then the global variance).
     cmvn: str = "global"

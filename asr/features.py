@@ -22,7 +22,7 @@ class FeatureExtractor(nn.Module):
         win = int(round(cfg.sample_rate * cfg.win_ms / 1000))
         hop = int(round(cfg.sample_rate * cfg.hop_ms / 1000))
         n_fft = 1 << (win - 1).bit_length()
-        mel = dict(n_fft=n_fft, win_length=win, hop_length=hop, n_mels=cfg.n_mels, center=False)
+        mel = dict(n_fft=n_fft, win_length=win, hop_length=hop, n_mels=cfg.n_mels, center=False, f_min=cfg.f_min)
         if cfg.kind == "fbank":
             self.transform = T.MelSpectrogram(sample_rate=cfg.sample_rate, **mel)
             self.dim = cfg.n_mels
