@@ -12,6 +12,24 @@ import typer
 
 from asr.corpora import IMPORTERS
 from asr.formats import FORMATS
+from cli.common import (
+    LM,
+    Beam,
+    BeamSize,
+    BeamThreshold,
+    DecoderConfig,
+    Lexicon,
+    LMWeight,
+    Speeds,
+    WordScore,
+    _numbers,
+    _speeds,
+    decode_options,
+)
+from cli.common import echo as _echo
+from cli.common import fail as _fail
+from cli.common import set_threads as _threads
+from cli.common import warn as _warn
 from cli.lab import inspect_cmd, lab_app
 
 app = typer.Typer(
@@ -36,39 +54,6 @@ RecipeOverrides = Annotated[
 CorpusSource = Annotated[Path | None, typer.Option("--data", help="The corpus on disk; without it the recipe downloads it.")]
 Device = Annotated[str, typer.Option(help="auto (CUDA when present), cpu or cuda.")]
 Threads = Annotated[int, typer.Option(help="CPU threads for torch (0: torch's default).")]
-
-
-def _echo(text: str, nl: bool = True) -> None:
-    """Print on stdout as UTF-8 whatever the locale, with file names that are not UTF-8 (lone
-    surrogates) as their own bytes, so that a printed path leads back to its file."""
-    text = text + "\n" if nl else text
-    try:
-        data = text.encode("utf-8", "surrogateescape")
-    except UnicodeEncodeError:  # a surrogate that is no byte (from JSON): shown escaped
-        from asr.fileio import display
-
-        data = display(text).encode("utf-8")
-    typer.echo(data, nl=False)
-
-
-def _warn(text: str) -> None:
-    """One line on stderr; undecodable bytes of file names shown as \\udcXX."""
-    from asr.fileio import display
-
-    typer.echo(display(text), err=True)
-
-
-def _fail(text: str) -> typer.Exit:
-    """Say `error: text` on stderr; the caller raises the returned Exit(1)."""
-    _warn(f"error: {text}")
-    return typer.Exit(1)
-
-
-def _threads(n: int) -> None:
-    if n > 0:
-        import torch
-
-        torch.set_num_threads(n)
 
 
 @app.command("prepare")
@@ -121,35 +106,12 @@ def train_cmd(
         typer.echo(f"best checkpoint: {best}")
 
 
-Beam = Annotated[bool, typer.Option("--beam", help="Beam search instead of greedy (implied by --lexicon, --lm, --nbest > 1, --speeds).")]
-BeamSize = Annotated[int | None, typer.Option(help="Beam size.")]
-BeamThreshold = Annotated[float | None, typer.Option(help="Prune hypotheses this far below the best.")]
-Lexicon = Annotated[Path | None, typer.Option(help="Lexicon (asr lm lexicon): words the beam search may output.")]
-LM = Annotated[Path | None, typer.Option(help="n-gram LM, ARPA or KenLM binary (asr lm build); needs --lexicon.")]
-LMWeight = Annotated[float | None, typer.Option(help="LM weight.")]
-WordScore = Annotated[float | None, typer.Option(help="Score added per word.")]
-DecoderConfig = Annotated[Path | None, typer.Option("--decoder-config", help="TOML with a \\[decode] table, e.g. written by asr tune-decoder.")]
-Speeds = Annotated[str | None, typer.Option(help="Test-time speed views for the beam search (implies --beam), e.g. 0.9,1,1.1: each view is searched and the pooled hypotheses are rescored by their mean CTC score.")]
-
 
 def _decoder(model, beam: bool, beam_size, beam_threshold, lexicon, lm, lm_weight, word_score, decoder_config, nbest: int = 1, speeds: str | None = None):
-    """The search the flags ask for, over the checkpoint's [decode] settings and a decoder file
-    (`asr.options.resolve_options`)."""
-    from asr.options import make_decoder, resolve_options
+    """The search the flags ask for (`cli.common.decode_options`)."""
+    from asr.options import make_decoder
 
-    options = resolve_options(
-        model.cfg.decode,
-        decoder_config,
-        beam=beam or None,
-        beam_size=beam_size,
-        beam_threshold=beam_threshold,
-        lexicon=lexicon,
-        lm=lm,
-        lm_weight=lm_weight,
-        word_score=word_score,
-        speeds=_speeds(speeds) if speeds is not None else None,
-        nbest=nbest,
-    )
+    options = decode_options(model, beam, beam_size, beam_threshold, lexicon, lm, lm_weight, word_score, decoder_config, nbest, speeds)
     return make_decoder(model.tokenizer, options)
 
 
@@ -360,21 +322,6 @@ def _echo_grid(result, out: Path | None, greedy: str = "") -> None:
     if greedy:
         typer.echo(greedy)
     typer.echo(f"best: lm_weight {result.best['lm_weight']}, word_score {result.best['word_score']} (WER {result.best_wer:.2f}%) -> {out}")
-
-
-def _speeds(text: str) -> list[float]:
-    from asr.config import Config, set_value
-
-    cfg = Config()
-    set_value(cfg, "decode.speeds", _numbers(text, "--speeds"), where="--speeds")
-    return cfg.decode.speeds
-
-
-def _numbers(text: str, option: str, kind: type = float) -> list:
-    try:
-        return [kind(x) for x in text.split(",")]
-    except ValueError:
-        raise typer.BadParameter(f"expected comma-separated {'integers' if kind is int else 'numbers'}, got {text!r}", param_hint=option) from None
 
 
 @app.command("average")
