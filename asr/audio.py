@@ -40,14 +40,17 @@ own rate stays empty: `SampleRateCheck` counts such inputs in a run and warns on
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import struct
 import sys
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import TextIO
+from typing import Any, BinaryIO, TextIO
 
 import numpy as np
 import soundfile as sf
@@ -239,10 +242,28 @@ def resample(samples: np.ndarray, orig_sr: int, new_sr: int) -> np.ndarray:
 # --- narrowband audio into a wideband model ----------------------------------------------
 
 
+def lowest_sample_rate(paths: Iterable[str | Path]) -> int:
+    """The lowest sample rate (Hz) among the headers of `paths` that can be read; 0 for none."""
+    rates = set()
+    for p in paths:
+        try:
+            rates.add(audio_info(p).sample_rate)
+        except AudioError:
+            continue
+    return min(rates, default=0)
+
+
+def training_rate(model: Any) -> int:
+    """The sample rate of a loaded model's training audio: the lowest rate its training files had
+    (saved with the checkpoint), else the rate its features are computed at."""
+    saved = int(getattr(getattr(model, "normalizer", None), "audio_rate", 0) or 0)
+    return saved or int(model.cfg.features.sample_rate)
+
+
 @dataclass
 class SampleRateCheck:
     """Inputs whose own sample rate is below `model_rate` (the rate of the model's training
-    audio, `cfg.features.sample_rate`), counted over a run and said once.
+    audio, `training_rate(model)`), counted over a run and said once.
 
     Such audio is upsampled to the model's rate, but nothing is above half its own rate (4 kHz
     for 8 kHz telephone audio, A-law and mu-law included), where a wideband model finds much of
@@ -341,6 +362,35 @@ def _probe(path: Path) -> AudioInfo:
     return AudioInfo(info.samplerate, info.frames, info.channels, info.subtype, declared)
 
 
+def bytes_info(data: bytes, name: str = "<bytes>") -> AudioInfo:
+    """Header facts of an encoded file held in memory (an upload), with the header checks of
+    `audio_info`; AudioError naming `name` otherwise. A WAV whose header declares more samples
+    than the bytes hold is an error here (`truncated`): a file sent whole should be whole."""
+    if not data:
+        raise AudioError(name, "empty file")
+    head = data[:4096]
+    wav = _wav_header(io.BytesIO(data)) if head[:4] == b"RIFF" and head[8:12] == b"WAVE" else None
+    try:
+        info = sf.info(io.BytesIO(data))
+    except Exception as e:
+        raise AudioError(name, _why_unreadable(head, wav, _sf_message(e))) from None
+    if info.frames <= 0:
+        raise AudioError(name, "no audio samples")
+    if not MIN_SAMPLE_RATE <= info.samplerate <= MAX_SAMPLE_RATE:
+        raise AudioError(name, f"implausible sample rate {info.samplerate} Hz (corrupt header?)")
+    if info.frames == _UNKNOWN_FRAMES:
+        raise AudioError(name, "unknown length: the header does not count the samples (a streamed FLAC?); re-encode the file")
+    if info.frames * info.channels > MAX_SAMPLES_PER_BYTE * len(data):
+        raise AudioError(name, f"implausible length: the header claims {info.frames} frames in {len(data)} bytes (corrupt header?)")
+    declared = None
+    if wav is not None and wav.block_align and not wav.streamed and info.subtype in _PCM_SUBTYPES:
+        declared = wav.data_size // wav.block_align
+    result = AudioInfo(info.samplerate, info.frames, info.channels, info.subtype, declared)
+    if result.truncated:
+        raise AudioError(name, f"truncated: the header declares {declared} frames, the file holds {info.frames}")
+    return result
+
+
 def _check_flac_end(path: Path, frames: int) -> None:
     """Decode a FLAC file's last frame (a seek: a few reads) so that a stream cut short,
     whose header still counts every frame, is caught without decoding the whole file."""
@@ -366,10 +416,12 @@ class _WavHeader:
 _MAX_WAV_CHUNKS = 64  # real files have a handful before `data`; a zero-filled one would have millions
 
 
-def _wav_header(path: Path) -> _WavHeader:
-    """Walk a RIFF/WAVE file's chunks up to `data`; never raises on bad bytes."""
+def _wav_header(source: Path | BinaryIO) -> _WavHeader:
+    """Walk a RIFF/WAVE file's chunks (a path or a seekable binary file) up to `data`; never
+    raises on bad bytes."""
     fmt: tuple[int, int] | None = None
-    with open(path, "rb") as f:
+    with open(source, "rb") if isinstance(source, Path) else contextlib.nullcontext(source) as f:
+        f.seek(0)
         riff_size = int.from_bytes(f.read(12)[4:8], "little")
         pos = 12
         for _ in range(_MAX_WAV_CHUNKS):

@@ -49,13 +49,15 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 
 
 def model_payload(cfg: Config, tokenizer: Tokenizer, normalizer: Normalizer, model: CTCModel) -> dict[str, Any]:
-    """Everything needed to use the model, and nothing about how training stood."""
+    """Everything needed to use the model, and nothing about how training stood. The normaliser's
+    entry also keeps the lowest sample rate of the training audio (`audio_rate`, Hz; 0 unknown),
+    against which inputs are checked for narrowband audio (`asr.audio.SampleRateCheck`)."""
     return {
         "format": FORMAT,
         "version": VERSION,
         "config": cfg.to_dict(),
         "tokens": list(tokenizer.tokens),
-        "normalizer": {"mean": normalizer.mean.cpu(), "std": normalizer.std.cpu()},
+        "normalizer": {"mean": normalizer.mean.cpu(), "std": normalizer.std.cpu(), "audio_rate": int(getattr(normalizer, "audio_rate", 0))},
         "model": {k: v.cpu() for k, v in model.state_dict().items()},
     }
 
@@ -77,6 +79,7 @@ class Recognizer:
             cfg = Config.from_saved(ckpt["config"], where=f"{path} config")
             tokenizer = Tokenizer(tuple(ckpt["tokens"]))
             normalizer = Normalizer.from_checkpoint(ckpt["normalizer"], cfg.features)
+            normalizer.audio_rate = int(ckpt["normalizer"].get("audio_rate", 0))
             extractor = FeatureExtractor(cfg.features)
             model = CTCModel(extractor.dim, len(tokenizer), cfg.model)
             model.load_state_dict(ckpt["model"])

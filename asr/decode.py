@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from asr.audio import AUDIO_EXTENSIONS, AudioError, SampleRateCheck, audio_info
+from asr.audio import AUDIO_EXTENSIONS, AudioError, SampleRateCheck, audio_info, training_rate
 from asr.beam import Decoder, Hypothesis
 from asr.checkpoint import Recognizer
 from asr.fileio import distinct_names, walk_files
@@ -125,7 +125,7 @@ def decode_manifest(
     if os.path.exists(out) and os.path.samefile(out, manifest):
         raise ManifestError(f"{out}: the hypotheses would overwrite the manifest {manifest}; write them elsewhere")
     model = load_model(model) if isinstance(model, (str, Path)) else model
-    check = rate_check if rate_check is not None else SampleRateCheck(model.cfg.features.sample_rate)
+    check = rate_check if rate_check is not None else SampleRateCheck(training_rate(model))
     results: dict[str, list[Hypothesis]] = {}
     failed = []
     for d in decode_items(model, [(u.id, u.audio) for u in utts], decoder, batch_frames, rate_check=check):
@@ -250,7 +250,7 @@ def transcribe(
     model = load_model(model) if isinstance(model, (str, Path)) else model
     options = resolve_options(model.cfg.decode, batch_frames=batch_frames)
     decoder = decoder or decoder_for(model, options)
-    check = rate_check if rate_check is not None else SampleRateCheck(model.cfg.features.sample_rate)
+    check = rate_check if rate_check is not None else SampleRateCheck(training_rate(model))
     pending: list[str] = []
 
     def flush() -> Iterator[Transcript]:
@@ -292,7 +292,7 @@ def manifest_emissions(model: Any, manifest: str | Path, speeds: Sequence[float]
     readable utterances, one tensor per speed view."""
     utts = read_manifest(manifest)
     require_unique_ids(manifest, utts)
-    check = SampleRateCheck(model.cfg.features.sample_rate)
+    check = SampleRateCheck(training_rate(model))
     audios, _ = read_items(model, [(u.id, u.audio) for u in utts], progress=True, rate_check=check)
     check.warn()
     views = emissions(model, list(audios.values()), list(speeds), model.cfg.decode.batch_frames)

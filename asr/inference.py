@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from asr.align import Word, fit_to_audio, word_alignments
-from asr.audio import AudioError, load_audio_with_notes, resample
+from asr.audio import AudioError, bytes_info, load_audio_with_notes, resample
 from asr.beam import Decoder, Hypothesis
 from asr.formats import Transcript
 from asr.options import DecodeOptions, make_decoder, resolve_options
@@ -53,19 +53,21 @@ class Audio:
         return len(self.samples) / self.sample_rate
 
 
-def read_audio(audio: str | Path | bytes | np.ndarray | torch.Tensor, sample_rate: int | None, model_rate: int) -> Audio:
+def read_audio(audio: str | Path | bytes | np.ndarray | torch.Tensor, sample_rate: int | None, model_rate: int, name: str | None = None) -> Audio:
     """Audio of any accepted kind as mono float32 samples at `model_rate` (Hz).
 
     audio: a file path; the bytes of an encoded file; or samples, 1-D (or (samples, channels)),
         float in [-1, 1], whose rate `sample_rate` must then be given.
+    name: what errors call bytes (e.g. an upload's file name; default "<bytes>").
     Raises AudioError (a one-line reason naming the file, or "<bytes>" / "<array>") for anything
-    that cannot be used: unreadable or empty input, NaN or Inf samples, a missing sample rate.
+    that cannot be used: unreadable, empty or cut-short input, NaN or Inf samples, a missing
+    sample rate.
     """
     if isinstance(audio, (str, Path)):
         loaded = load_audio_with_notes(audio, model_rate)
         return Audio(loaded.samples, model_rate, loaded.info.sample_rate)
     if isinstance(audio, (bytes, bytearray, memoryview)):
-        return _read_bytes(bytes(audio), model_rate)
+        return _read_bytes(bytes(audio), model_rate, name or "<bytes>")
     if isinstance(audio, torch.Tensor):
         audio = audio.detach().cpu().numpy()
     if not isinstance(audio, np.ndarray):
@@ -88,19 +90,18 @@ def read_audio(audio: str | Path | bytes | np.ndarray | torch.Tensor, sample_rat
     return Audio(np.ascontiguousarray(x, dtype=np.float32), model_rate, int(sample_rate))
 
 
-def _read_bytes(data: bytes, model_rate: int) -> Audio:
+def _read_bytes(data: bytes, model_rate: int, name: str = "<bytes>") -> Audio:
     import soundfile as sf
 
-    if not data:
-        raise AudioError("<bytes>", "empty file")
+    bytes_info(data, name)  # header checks: empty, not audio, cut short, implausible
     try:
         x, sr = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
     except Exception as e:
-        raise AudioError("<bytes>", f"not readable as audio ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+        raise AudioError(name, f"corrupt or truncated audio data ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
     if x.shape[0] == 0:
-        raise AudioError("<bytes>", "no audio samples")
+        raise AudioError(name, "no audio samples")
     if not np.isfinite(x).all():
-        raise AudioError("<bytes>", "samples contain NaN or Inf")
+        raise AudioError(name, "samples contain NaN or Inf")
     mono = x.mean(axis=1) if x.shape[1] > 1 else x[:, 0]
     if sr != model_rate:
         mono = resample(mono, sr, model_rate)

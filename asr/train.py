@@ -29,6 +29,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from asr import distributed
+from asr.audio import lowest_sample_rate
 from asr.beam import greedy_ids
 from asr.callbacks import Callback, EpochResult, StepResult, standard_callbacks
 from asr.checkpoint import (
@@ -236,6 +237,8 @@ def setup(
         normalizer = Normalizer.from_checkpoint(resume["normalizer"], cfg.features)
     else:
         normalizer = Normalizer.fit([train_data[k] for k in train_data.plain_keys()], cfg.features.cmvn == "utterance")
+    # The training audio's own lowest rate, saved with the statistics (asr.audio.SampleRateCheck).
+    normalizer.audio_rate = int(resume["normalizer"].get("audio_rate", 0)) if resume else lowest_sample_rate(u.audio for u in train_data.utts)
     # Model and optimizer.
     model = CTCModel(FeatureExtractor(cfg.features).dim, len(tokenizer), cfg.model)
     if resume:

@@ -31,6 +31,7 @@ from cli.common import fail as _fail
 from cli.common import set_threads as _threads
 from cli.common import warn as _warn
 from cli.lab import inspect_cmd, lab_app
+from cli.serve import serve_cmd
 
 app = typer.Typer(
     name="asr",
@@ -45,6 +46,7 @@ recipe_app = typer.Typer(help="Run a recipe: prepare -> train -> decode -> score
 app.add_typer(recipe_app, name="recipe")
 app.add_typer(lab_app, name="lab")
 app.command("inspect")(inspect_cmd)
+app.command("serve")(serve_cmd)
 
 Overrides = Annotated[list[str] | None, typer.Option("--set", help="Override a config value: section.key=value (repeatable).")]
 RecipeOverrides = Annotated[

@@ -1,0 +1,70 @@
+"""`asr serve`: the command-line face of `asr.server`."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from cli.common import (
+    LM,
+    Beam,
+    BeamSize,
+    BeamThreshold,
+    DecoderConfig,
+    Lexicon,
+    LMWeight,
+    WordScore,
+    decode_options,
+    fail,
+    set_threads,
+)
+
+
+def serve_cmd(
+    model: Annotated[Path, typer.Argument(help="A checkpoint (model.pt) or an exported model.")],
+    host: Annotated[str, typer.Option(help="Address to listen on (127.0.0.1: this machine only; 0.0.0.0: every interface).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    api_key: Annotated[str | None, typer.Option(help="Require Authorization: Bearer KEY on every route but /health and the page (default: $ASR_API_KEY; none when unset).")] = None,
+    max_upload_mb: Annotated[float, typer.Option(help="Largest request body in MB; larger ones get 413 before they are read.")] = 25.0,
+    workers: Annotated[int, typer.Option(help="Threads running the model.")] = 1,
+    queue_size: Annotated[int, typer.Option(help="Recordings waiting for the model before requests get 503.")] = 64,
+    max_batch: Annotated[int, typer.Option(help="Recordings decoded together in one batch.")] = 16,
+    request_timeout: Annotated[float, typer.Option(help="Seconds a transcription may take (504 after).")] = 300.0,
+    body_timeout: Annotated[float, typer.Option(help="Seconds a client may stall while sending (408), or a WebSocket stay silent.")] = 30.0,
+    cors_origin: Annotated[list[str] | None, typer.Option(help="Allow this origin by CORS (repeatable; default: CORS off).")] = None,
+    name: Annotated[str | None, typer.Option(help="Model id in /v1/models and /health (default: the checkpoint's file name).")] = None,
+    beam: Beam = False,
+    beam_size: BeamSize = None,
+    beam_threshold: BeamThreshold = None,
+    lexicon: Lexicon = None,
+    lm: LM = None,
+    lm_weight: LMWeight = None,
+    word_score: WordScore = None,
+    decoder_config: DecoderConfig = None,
+    device: Annotated[str, typer.Option(help="auto (CUDA when present), cpu or cuda.")] = "cpu",
+    threads: Annotated[int, typer.Option(help="CPU threads for torch (0: torch's default).")] = 0,
+) -> None:
+    """Serve the model over HTTP (OpenAI-compatible /v1/audio/transcriptions, /v1/models, /health),
+    a WebSocket for live recognition (/v1/stream) and a browser page (/)."""
+    from asr.decode import load_model
+    from asr.server import ServerConfig, serve
+
+    if not 0 < port < 65536:
+        raise typer.BadParameter(f"port must be 1-65535, got {port}", param_hint="--port")
+    if max_upload_mb <= 0 or workers < 1 or queue_size < 1 or max_batch < 1:
+        raise typer.BadParameter("--max-upload-mb must be positive and --workers, --queue-size, --max-batch at least 1")
+    if not model.exists():
+        raise fail(f"{model}: no such model file")
+    set_threads(threads)
+    try:
+        acoustic = load_model(model, device)
+        options = decode_options(acoustic, beam, beam_size, beam_threshold, lexicon, lm, lm_weight, word_score, decoder_config)
+    except (ValueError, OSError) as e:
+        raise fail(f"{model}: {e}") from None
+    key = api_key if api_key is not None else os.environ.get("ASR_API_KEY") or None
+    config = ServerConfig(host, port, key, max_upload_mb, workers, queue_size, max_batch, request_timeout=request_timeout, body_timeout=body_timeout, cors_origins=tuple(cors_origin or []))
+    typer.echo(f"serving {model} ({acoustic.cfg.model.kind}) on http://{host}:{port}/ {'(API key required)' if key else '(no API key)'}; Ctrl-C stops", err=True)
+    serve(acoustic, options, config, name or model.stem)

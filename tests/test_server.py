@@ -1,0 +1,329 @@
+"""`asr serve`: the OpenAI-compatible route (through FastAPI's test client and through the
+official `openai` client on a real uvicorn server), the limits, bad input, batching and restarts."""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from tests.conftest import WORDS, tone_utterance
+
+SR = 16000
+
+
+def _wav_bytes(x: np.ndarray, sr: int = SR, subtype: str = "PCM_16") -> bytes:
+    buf = io.BytesIO()
+    sf.write(buf, x, sr, format="WAV", subtype=subtype)
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def model(trained: Path):
+    import asr
+
+    return asr.load_model(trained / "best.pt")
+
+
+@pytest.fixture(scope="module")
+def utterances() -> list[np.ndarray]:
+    rng = np.random.default_rng(7)
+    return [tone_utterance([WORDS[i % len(WORDS)], WORDS[(i + 3) % len(WORDS)]], rng) for i in range(6)]
+
+
+def _client(model, **config):
+    from fastapi.testclient import TestClient
+
+    from asr.server import ServerConfig, create_app
+
+    return TestClient(create_app(model, config=ServerConfig(**config), name="tones"))
+
+
+@pytest.fixture(scope="module")
+def client(model):
+    with _client(model) as c:
+        yield c
+
+
+def _post(client, data: bytes, filename: str = "a.wav", headers: dict | None = None, **fields):
+    fields.setdefault("model", "asr")
+    return client.post("/v1/audio/transcriptions", files={"file": (filename, data, "audio/wav")}, data=fields, headers=headers or {})
+
+
+def test_health_models_and_page(client) -> None:
+    health = client.get("/health").json()
+    assert health["status"] == "ok" and health["model"] == "tones" and health["kind"] == "blstm" and health["streaming"] is False
+    models = client.get("/v1/models").json()
+    assert models["object"] == "list" and [m["id"] for m in models["data"]] == ["tones"]
+    page = client.get("/")
+    assert page.status_code == 200 and "<form" in page.text and "/v1/audio/transcriptions" in page.text
+
+
+def test_every_response_format_matches_asr_transcribe(client, model, utterances) -> None:
+    import asr
+
+    x = utterances[0]
+    expected = asr.transcribe(model, x, sample_rate=SR)
+    assert expected.text
+    data = _wav_bytes(x)
+    assert _post(client, data).json() == {"text": expected.text}
+    assert _post(client, data, response_format="text").text.strip() == expected.text
+    srt = _post(client, data, response_format="srt").text
+    assert srt.startswith("1\n00:00:") and expected.text.split()[0] in srt
+    vtt = _post(client, data, response_format="vtt").text
+    assert vtt.startswith("WEBVTT\n\n")
+    verbose = _post(client, data, response_format="verbose_json", **{"timestamp_granularities[]": "word"}).json()
+    assert verbose["text"] == expected.text and abs(verbose["duration"] - len(x) / SR) < 0.01
+    assert [w["word"] for w in verbose["words"]] == expected.text.split()
+    assert all(0 <= w["start"] <= w["end"] <= verbose["duration"] for w in verbose["words"])
+    assert " ".join(s["text"] for s in verbose["segments"]) == expected.text
+    assert "words" not in _post(client, data, response_format="verbose_json").json()
+
+
+def test_other_formats_and_rates_are_read(client, model, utterances) -> None:
+    import asr
+
+    x = utterances[1]
+    expected = asr.transcribe(model, x, sample_rate=SR).text
+    buf = io.BytesIO()
+    sf.write(buf, x, SR, format="FLAC")
+    assert _post(client, buf.getvalue(), "a.flac").json()["text"] == expected
+    stereo = _wav_bytes(np.stack([x, x], 1))
+    assert _post(client, stereo).json()["text"] == expected
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b"", "empty file"),
+        (b"hello, this is not audio\n" * 10, "not readable as audio (looks like text)"),
+        (_wav_bytes(np.zeros(16000, np.float32))[:1000], "truncated: the header declares 16000 frames"),
+        (_wav_bytes(np.full(800, np.nan, np.float32), subtype="FLOAT"), "NaN"),
+        (b"RIFF\x00\x00\x00\x00WAVEjunk", "not readable as audio"),
+    ],
+    ids=["empty", "text", "truncated", "nan", "bad-header"],
+)
+def test_bad_audio_is_a_400_naming_the_file_and_the_problem(client, utterances, data: bytes, message: str) -> None:
+    r = _post(client, data, "upload.wav")
+    assert r.status_code == 400, r.text
+    error = r.json()["error"]
+    assert error["message"].startswith("upload.wav: ") and message in error["message"], error
+    assert error["type"] == "invalid_request_error" and error["param"] == "file"
+    assert _post(client, _wav_bytes(utterances[0])).status_code == 200  # and the server keeps serving
+
+
+def test_request_errors_in_openai_shape(client, utterances) -> None:
+    r = client.post("/v1/audio/transcriptions", data={"model": "asr"})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "file"
+    r = _post(client, _wav_bytes(utterances[0]), response_format="mp4")
+    assert r.status_code == 400 and r.json()["error"]["param"] == "response_format"
+    r = client.post("/v1/audio/transcriptions", content=b"--xx\r\ngarbage", headers={"Content-Type": "multipart/form-data; boundary=zz"})
+    assert r.status_code == 400 and "multipart" in r.json()["error"]["message"]
+    r = client.get("/v1/nothing")
+    assert r.status_code == 404 and set(r.json()["error"]) == {"message", "type", "param", "code"}
+
+
+def test_upload_cap_answers_413_before_reading_the_body(model) -> None:
+    with _client(model, max_upload_mb=0.01) as c:
+        r = _post(c, b"\0" * 20_000)
+        assert r.status_code == 413 and r.json()["error"]["code"] == "file_too_large"
+
+        def chunks():  # no Content-Length: counted as it arrives
+            for _ in range(100):
+                yield b"\0" * 1000
+
+        r = c.post("/v1/audio/transcriptions", content=chunks(), headers={"Content-Type": "multipart/form-data; boundary=zz"})
+        assert r.status_code == 413
+
+
+def test_api_key(model, utterances) -> None:
+    with _client(model, api_key="s3cret") as c:
+        assert c.get("/health").status_code == 200
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cret"}, {"Authorization": "Basic s3cret"}):
+            r = c.get("/v1/models", headers=headers)
+            assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key", headers
+            assert _post(c, _wav_bytes(utterances[0]), headers=headers).status_code == 401
+        ok = {"Authorization": "Bearer s3cret"}
+        assert c.get("/v1/models", headers=ok).status_code == 200
+        assert _post(c, _wav_bytes(utterances[0]), headers=ok).status_code == 200
+
+
+def test_cors_off_unless_asked(model) -> None:
+    with _client(model) as c:
+        r = c.get("/health", headers={"Origin": "https://example.org"})
+        assert "access-control-allow-origin" not in r.headers
+    with _client(model, cors_origins=("https://example.org",)) as c:
+        r = c.get("/health", headers={"Origin": "https://example.org"})
+        assert r.headers["access-control-allow-origin"] == "https://example.org"
+
+
+def test_concurrent_requests_are_batched_and_each_gets_its_own_result(model, utterances) -> None:
+    import asr
+
+    expected = [asr.transcribe(model, x, sample_rate=SR, word_times=False).text for x in utterances]
+    with _client(model, batch_wait_ms=50) as c:
+        batches: list[int] = []
+        batcher = c.app.state.batcher
+        original = batcher._take
+
+        def counting_take():
+            batch = original()
+            if batch:
+                batches.append(len(batch))
+            return batch
+
+        batcher._take = counting_take
+        with ThreadPoolExecutor(6) as pool:
+            got = list(pool.map(lambda x: _post(c, _wav_bytes(x)).json()["text"], utterances))
+    assert got == expected
+    assert max(batches) > 1, batches
+
+
+def test_full_queue_answers_503_with_retry_after(model, utterances, monkeypatch) -> None:
+    import asr.server
+
+    release = threading.Event()
+    real = asr.server.recognize
+
+    def slow(*args, **kwargs):
+        release.wait(30)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(asr.server, "recognize", slow)
+    with _client(model, queue_size=1, max_batch=1, batch_wait_ms=0) as c:
+        data = _wav_bytes(utterances[0])
+        with ThreadPoolExecutor(2) as pool:
+            first = pool.submit(_post, c, data)  # taken by the worker, which waits
+            time.sleep(0.5)
+            second = pool.submit(_post, c, data)  # waits in the queue
+            time.sleep(0.5)
+            third = _post(c, data)
+            assert third.status_code == 503 and third.headers["Retry-After"] == "1"
+            assert third.json()["error"]["code"] == "overloaded"
+            release.set()
+            assert first.result().status_code == 200 and second.result().status_code == 200
+
+
+def test_no_temporary_file_is_left_behind(client, utterances) -> None:
+    before = set(os.listdir(tempfile.gettempdir()))
+    big = _wav_bytes(np.tile(utterances[0], 8))  # over a megabyte: spooled past memory
+    assert len(big) > 1_000_000
+    assert _post(client, big).status_code == 200
+    assert set(os.listdir(tempfile.gettempdir())) - before == set()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def live_server(model):
+    """A real uvicorn server on a free loopback port, in a thread."""
+    import uvicorn
+
+    from asr.server import ServerConfig, create_app
+
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(model, config=ServerConfig(port=port, api_key="k"), name="tones"), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 20
+    while not server.started and time.time() < deadline:
+        time.sleep(0.05)
+    assert server.started
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(10)
+
+
+def test_official_openai_client_in_every_response_format(live_server, model, utterances, tmp_path: Path) -> None:
+    """The `openai` package (a client nobody here wrote) pointed at the server with base_url."""
+    import openai
+
+    import asr
+
+    wav = tmp_path / "tones.wav"
+    sf.write(wav, utterances[2], SR)
+    expected = asr.transcribe(model, wav).text
+    client = openai.OpenAI(base_url=f"{live_server}/v1", api_key="k", max_retries=0)
+    assert [m.id for m in client.models.list()] == ["tones"]
+    with wav.open("rb") as f:
+        assert client.audio.transcriptions.create(model="tones", file=f).text == expected
+    for fmt in ("text", "srt", "vtt"):
+        with wav.open("rb") as f:
+            out = client.audio.transcriptions.create(model="tones", file=f, response_format=fmt)
+        assert isinstance(out, str) and expected.split()[-1] in out, (fmt, out)
+    with wav.open("rb") as f:
+        verbose = client.audio.transcriptions.create(model="tones", file=f, response_format="verbose_json", timestamp_granularities=["word"], language="en", prompt="tones")
+    assert verbose.text == expected and [w.word for w in verbose.words] == expected.split()
+    bad = openai.OpenAI(base_url=f"{live_server}/v1", api_key="wrong", max_retries=0)
+    with pytest.raises(openai.AuthenticationError), wav.open("rb") as f:
+        bad.audio.transcriptions.create(model="tones", file=f)
+    with pytest.raises(openai.BadRequestError, match="empty file"):
+        client.audio.transcriptions.create(model="tones", file=("empty.wav", b""))
+
+
+def _start_server(model_path: Path, port: int) -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, "-m", "asr", "serve", str(model_path), "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    import httpx
+
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            time.sleep(0.2)
+        if proc.poll() is not None:
+            raise AssertionError(proc.stderr.read().decode())
+    proc.kill()
+    raise AssertionError("server did not start")
+
+
+def test_killed_mid_request_then_restarted_serves_again(trained: Path, utterances) -> None:
+    """`asr serve` as users start it: killed with requests in flight (none was acknowledged,
+    so the client sees an error, not a wrong answer), started again, serving again."""
+    import httpx
+
+    port = _free_port()
+    data = _wav_bytes(np.tile(utterances[3], 3))
+    proc = _start_server(trained / "best.pt", port)
+    url = f"http://127.0.0.1:{port}/v1/audio/transcriptions"
+    good = httpx.post(url, files={"file": ("a.wav", data)}, data={"model": "asr"}, timeout=60).json()["text"]
+    outcomes = []
+
+    def request():
+        try:
+            outcomes.append(httpx.post(url, files={"file": ("a.wav", data)}, data={"model": "asr"}, timeout=60).json()["text"])
+        except httpx.HTTPError as e:
+            outcomes.append(type(e).__name__)
+
+    threads = [threading.Thread(target=request) for _ in range(4)]
+    for t in threads:
+        t.start()
+    time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(10)
+    for t in threads:
+        t.join(60)
+    assert all(o == good or o.endswith("Error") for o in outcomes), outcomes  # never a wrong text
+    proc = _start_server(trained / "best.pt", port)
+    try:
+        assert httpx.post(url, files={"file": ("a.wav", data)}, data={"model": "asr"}, timeout=60).json()["text"] == good
+    finally:
+        proc.terminate()
+        proc.wait(10)
