@@ -1,0 +1,94 @@
+"""The page `asr serve` serves, in a real browser: headless Chromium driven by selenium uploads a
+file and reads the transcript from the page; with a streaming model, it records from Chromium's
+fake microphone (a WAV file) and the page shows the live transcript."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from tests.conftest import tone_utterance
+from tests.test_server import SR, live_server, model, utterances  # noqa: F401  (fixtures)
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMEDRIVER = shutil.which("chromedriver")
+pytestmark = pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER), reason="no chromium and chromedriver (apt-get install chromium chromium-driver)")
+
+
+def _browser(fake_audio: Path | None = None):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--use-fake-ui-for-media-stream", "--autoplay-policy=no-user-gesture-required"):
+        options.add_argument(flag)
+    if fake_audio is not None:
+        options.add_argument("--use-fake-device-for-media-stream")
+        options.add_argument(f"--use-file-for-fake-audio-capture={fake_audio}")
+    return webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+
+
+def _text_of(driver, element_id: str, timeout: float = 60) -> str:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    WebDriverWait(driver, timeout).until(lambda d: d.find_element(By.ID, element_id).text.strip())
+    return driver.find_element(By.ID, element_id).text.strip()
+
+
+def test_page_uploads_a_file_and_shows_the_transcript_with_word_times(live_server, model, utterances, tmp_path: Path) -> None:  # noqa: F811
+    from selenium.webdriver.common.by import By
+
+    import asr
+
+    wav = tmp_path / "tones.wav"
+    sf.write(wav, utterances[4], SR)
+    expected = asr.transcribe(model, wav)
+    driver = _browser()
+    try:
+        driver.get(live_server + "/")
+        assert "tones" in _text_of(driver, "model")
+        driver.find_element(By.ID, "key").send_keys("k")
+        driver.find_element(By.ID, "file").send_keys(str(wav))
+        driver.find_element(By.ID, "send").click()
+        assert _text_of(driver, "transcript") == expected.text
+        rows = driver.find_elements(By.CSS_SELECTOR, "#words tr.word")
+        assert [r.find_elements(By.TAG_NAME, "td")[0].text for r in rows] == expected.text.split()
+        times = [float(r.find_elements(By.TAG_NAME, "td")[1].text) for r in rows]
+        assert times == sorted(times) and all(abs(t - w.start) < 0.006 for t, w in zip(times, expected.words, strict=True))
+        assert driver.find_element(By.ID, "srt").is_enabled()
+    finally:
+        driver.quit()
+
+
+def test_page_shows_errors_of_bad_audio(live_server, tmp_path: Path) -> None:  # noqa: F811
+    from selenium.webdriver.common.by import By
+
+    bad = tmp_path / "notes.wav"
+    bad.write_text("not audio at all\n")
+    driver = _browser()
+    try:
+        driver.get(live_server + "/")
+        driver.find_element(By.ID, "key").send_keys("k")
+        driver.find_element(By.ID, "file").send_keys(str(bad))
+        driver.find_element(By.ID, "send").click()
+        import time
+
+        deadline = time.time() + 30
+        while "400" not in driver.find_element(By.ID, "status").text and time.time() < deadline:
+            time.sleep(0.1)
+        assert "400: notes.wav: not readable as audio" in driver.find_element(By.ID, "status").text
+    finally:
+        driver.quit()
+
+
+def fake_microphone_file(path: Path, words: list[str]) -> Path:
+    """A WAV for --use-file-for-fake-audio-capture: the tone words, then silence."""
+    x = tone_utterance(words, np.random.default_rng(3))
+    sf.write(path, np.concatenate([x, np.zeros(3 * SR, np.float32)]), SR, subtype="PCM_16")
+    return path
