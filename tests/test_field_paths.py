@@ -510,3 +510,33 @@ def test_sample_rate_check_for_arrays_and_streams() -> None:
     assert stream.getvalue() == f"warning: {text}\n"
     check.add(8000)  # later inputs do not repeat it
     assert check.warn(stream) is False and stream.getvalue().count("warning") == 1
+
+
+def test_a_model_trained_on_narrowband_audio_hears_it_without_a_warning(trained: Path, tmp_path: Path, capsys) -> None:
+    """FSDD's 8 kHz clips train a model whose features run at 16 kHz: 8 kHz input is what it
+    was trained on. The checkpoint keeps its training audio's lowest rate; the check uses it."""
+    import torch
+
+    import asr
+    from asr.audio import SampleRateCheck, training_rate
+    from asr.checkpoint import load_checkpoint, save_checkpoint
+    from asr.decode import decode_items
+
+    assert load_checkpoint(trained / "best.pt")["normalizer"]["audio_rate"] == 16000  # saved by training
+    ckpt = load_checkpoint(trained / "best.pt")
+    ckpt["normalizer"]["audio_rate"] = 8000
+    narrow = tmp_path / "narrow.pt"
+    save_checkpoint(narrow, ckpt)
+    model = asr.load_model(narrow)
+    assert training_rate(model) == 8000 and model.cfg.features.sample_rate == 16000
+    wav = put_wav(tmp_path / "call.wav", ["AB"], sr=8000, subtype="ULAW")
+    check = SampleRateCheck(training_rate(model))
+    assert [r.ok for r in decode_items(model, [("call", wav)], progress=False, rate_check=check)] == [True]
+    assert check.message() is None
+    r = cli("transcribe", narrow, wav)
+    assert r.exit_code == 0 and warnings_of(r.stderr) == []
+    del ckpt["normalizer"]["audio_rate"]  # a checkpoint from before the key: the features' rate
+    old = tmp_path / "old.pt"
+    save_checkpoint(old, ckpt)
+    assert training_rate(asr.load_model(old)) == 16000
+    assert torch.equal(asr.load_model(old).normalizer.mean, model.normalizer.mean)
