@@ -1,10 +1,12 @@
-"""Acoustic features: log-mel filterbank or MFCC, mean/variance normalisation, SpecAugment."""
+"""Acoustic features: log-mel filterbank or MFCC (of a whole signal, or online as audio arrives),
+mean/variance normalisation, SpecAugment."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -48,24 +50,51 @@ class FeatureExtractor(nn.Module):
     def batch(self, waveforms: list[torch.Tensor]) -> list[torch.Tensor]:
         """Features of several 1-D waveforms in one call, each (frames, dim) as `forward` gives
         it alone: they are zero-padded to the longest and each is cut to its own frames (a
-        frame depends on its own samples only). Large tensors keep intra-op threads busy where
-        one small utterance at a time would mostly wait for them."""
+        frame depends on its own samples only; MFCC's decibel floor is taken per waveform, over
+        its own frames). Large tensors keep intra-op threads busy where one small utterance at a
+        time would mostly wait for them."""
         if not waveforms:
             return []
         longest = max(max(len(w) for w in waveforms), self.min_samples)
         x = torch.stack([nn.functional.pad(w, (0, longest - len(w))) for w in waveforms])
-        feats = self(x)
-        return [feats[i, : self.num_frames(len(w))] for i, w in enumerate(waveforms)]
+        frames = torch.tensor([self.num_frames(len(w)) for w in waveforms])
+        feats = self._features(self._mel_power(x), frames)
+        return [feats[i, : int(n)] for i, n in enumerate(frames)]
 
     @torch.no_grad()
     def forward(self, waveform: torch.Tensor) -> torch.Tensor:
+        """Waveform (..., samples) -> features (..., frames, dim), frames = `num_frames(samples)`:
+        frame i covers samples [i * hop, i * hop + n_fft) (no centre padding)."""
         if waveform.shape[-1] < self.min_samples:  # shorter than one FFT frame: pad to one frame
             waveform = nn.functional.pad(waveform, (0, self.min_samples - waveform.shape[-1]))
-        mel = self._mel_power(waveform)  # (..., frames, n_mels)
+        return self._features(self._mel_power(waveform))
+
+    def _features(self, mel: torch.Tensor, frames: torch.Tensor | None = None, peak: torch.Tensor | None = None) -> torch.Tensor:
+        """Mel power (..., frames, n_mels) -> features (..., frames, dim).
+
+        fbank: log(mel + 1e-6), frame by frame. mfcc: torchaudio's MFCC, the DCT of the mel power
+        in decibels floored at `top_db` (80 dB) below a peak: the given `peak` (..., 1, 1) in dB,
+        else the loudest bin of each waveform's first `frames` frames (B,) (of all its frames when
+        None). torchaudio takes one peak for a whole 3-D batch; here each waveform has its own."""
         if self.cfg.kind == "fbank":
             return torch.log(mel + 1e-6).contiguous()
-        db = self.transform.amplitude_to_DB(mel.transpose(-1, -2))
+        db = self.decibels(mel)  # (..., n_mels, frames)
+        if peak is None:
+            if frames is None:
+                peak = db.amax(dim=(-2, -1), keepdim=True)
+            else:
+                own = torch.arange(db.shape[-1], device=db.device) < frames.to(db.device)[:, None]
+                peak = db.masked_fill(~own[:, None, :], float("-inf")).amax(dim=(-2, -1), keepdim=True)
+        db = torch.max(db, peak - self.transform.top_db)
         return torch.matmul(db.transpose(-1, -2), self.transform.dct_mat).contiguous()
+
+    def decibels(self, mel: torch.Tensor) -> torch.Tensor:
+        """MFCC only: mel power (..., frames, n_mels) -> decibels (..., n_mels, frames), without
+        the floor (torchaudio's AmplitudeToDB with top_db=None)."""
+        import torchaudio.functional as AF
+
+        to_db = self.transform.amplitude_to_DB
+        return AF.amplitude_to_DB(mel.transpose(-1, -2), to_db.multiplier, to_db.amin, to_db.db_multiplier, None)
 
     def _mel_power(self, waveform: torch.Tensor) -> torch.Tensor:
         """torchaudio's MelSpectrogram (same window and filterbank), about twice as fast: the power
@@ -86,6 +115,72 @@ class FeatureExtractor(nn.Module):
             stft = stft - means * self.window_dft[:, None, :].to(stft.dtype)
         power = stft.square().sum(-1)  # (..., freq, frames)
         return torch.matmul(power.transpose(-1, -2), mel.fb)
+
+
+class OnlineFeatures:
+    """`FeatureExtractor` on audio that arrives in pieces: `accept` takes the next samples (any
+    number, float at the extractor's sample rate) and returns the frames they complete, `finish`
+    what is left at the end. Frame i covers samples [i * hop, i * hop + n_fft), as offline
+    (no centre padding), so the frames of all calls together are those of the extractor on the
+    whole signal: a frame is computed once all its samples are there, from the same samples by
+    the same code; audio shorter than one FFT frame gives one zero-padded frame at `finish`.
+
+    MFCC floors its decibels 80 dB (top_db) below the loudest mel bin of the utterance, which
+    is known only at its end; here the floor is taken below the loudest bin so far, so a frame
+    more than 80 dB below a louder one that comes after it keeps values below that floor. fbank
+    has no such floor. Holds at most one frame's samples besides what it is given."""
+
+    def __init__(self, extractor: FeatureExtractor):
+        self.extractor = extractor
+        self.hop, self.n_fft = extractor.hop, extractor.min_samples
+        self._buffer = torch.zeros(0)  # samples from the start of the next frame on
+        self._peak: torch.Tensor | None = None  # MFCC: the loudest mel bin so far, in dB
+        self.samples = 0  # samples accepted so far
+        self.frames = 0  # frames returned so far
+        self.finished = False
+
+    @property
+    def dim(self) -> int:
+        return self.extractor.dim
+
+    @torch.no_grad()
+    def accept(self, samples: torch.Tensor | np.ndarray) -> torch.Tensor:
+        """The next samples (n,) -> the frames they complete, (frames, dim) float32 (maybe none)."""
+        if self.finished:
+            raise RuntimeError("OnlineFeatures: accept() after finish()")
+        samples = torch.as_tensor(np.asarray(samples, dtype=np.float32) if not isinstance(samples, torch.Tensor) else samples, dtype=torch.float32)
+        if samples.dim() != 1:
+            raise ValueError(f"OnlineFeatures.accept takes 1-D samples (one channel), got shape {tuple(samples.shape)}")
+        self.samples += samples.numel()
+        self._buffer = torch.cat([self._buffer, samples.to(self._buffer.device)])
+        if self._buffer.numel() < self.n_fft:
+            return torch.zeros(0, self.dim)
+        n = (self._buffer.numel() - self.n_fft) // self.hop + 1
+        feats = self._compute(self._buffer[: (n - 1) * self.hop + self.n_fft])
+        self._buffer = self._buffer[n * self.hop :].clone()
+        return feats
+
+    @torch.no_grad()
+    def finish(self) -> torch.Tensor:
+        """The frames still to come at the end of the audio, (frames, dim): one zero-padded frame
+        when the whole audio was shorter than one FFT frame, else none (the samples past the
+        last whole frame are dropped, as offline)."""
+        if self.finished:
+            raise RuntimeError("OnlineFeatures: finish() called twice")
+        self.finished = True
+        if self.frames:
+            return torch.zeros(0, self.dim)
+        return self._compute(nn.functional.pad(self._buffer, (0, self.n_fft - self._buffer.numel())))
+
+    def _compute(self, waveform: torch.Tensor) -> torch.Tensor:
+        ex = self.extractor
+        mel = ex._mel_power(waveform)
+        if ex.cfg.kind == "mfcc":
+            db_peak = ex.decibels(mel).amax(dim=(-2, -1), keepdim=True)
+            self._peak = db_peak if self._peak is None else torch.max(self._peak, db_peak)
+        feats = ex._features(mel, peak=self._peak)
+        self.frames += feats.shape[0]
+        return feats
 
 
 @contextmanager
