@@ -63,6 +63,14 @@ class ModelConfig:
     layers: int = 3
     dropout: float = 0.2
     context: int = 5  # mlp only: stacked frames each side of the one it classifies
+    # One-direction recurrent kinds (lstm, gru, rnn): stacked frames of look-ahead L; the output
+    # for frame t is the layers' output at t + L (the input followed by L zero frames). 0: none.
+    lookahead: int = 0
+    # lcblstm only: stacked frames per chunk, and frames after each chunk its backward direction
+    # also reads (the right context); a frame's output waits for at most chunk - 1 + right_context
+    # frames. With stack 3 and 10 ms hops, one stacked frame is 30 ms.
+    chunk: int = 20
+    right_context: int = 10
 
     @property
     def bidirectional(self) -> bool:

@@ -106,7 +106,9 @@ class Encoder(nn.Module):
     - `layer_names()` when its layers are not `cfg.layers` of width `output_dim`.
 
     and may override `gates`, `gradient_norms`, `recurrent_layers` and, for a streaming encoder,
-    `init_state` and `step`. Its state-dict entries are stored at the top level of a checkpoint's
+    `init_state`, `step`, `finish` and `lookahead_frames`: a stream is `init_state`, then `step`
+    on each new piece of input, then `finish`; the outputs of all these calls together are those
+    of `forward` on the whole input (eval mode), each frame's output as soon as it is final. Its state-dict entries are stored at the top level of a checkpoint's
     `model` (see `CTCModel`), so no entry may be named `output`.
     """
 
@@ -160,10 +162,24 @@ class Encoder(nn.Module):
         raise NotStreamingError(f"model.kind {self.cfg.kind!r} cannot stream: it needs the whole utterance (streaming kinds: {', '.join(streaming_names()) or 'none'})")
 
     def step(self, x: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any]:
-        """The next chunk x (B, T', input_dim) of stacked frames from `state` -> its outputs
-        (B, T', output_dim) and the state after it: chunk after chunk, the outputs of `forward`
-        on the whole (eval mode: no dropout). Raises NotStreamingError where `streaming` is false."""
+        """The next chunk x (B, n, input_dim) of stacked frames from `state` -> the outputs that
+        are final now (B, m, output_dim), in order from the first frame of the stream on, and the
+        state after it (m = n for an encoder without look-ahead; one with look-ahead holds
+        frames back until the input they wait for has come). Chunk after chunk and then
+        `finish`, the outputs of `forward` on the whole (eval mode: no dropout). Raises
+        NotStreamingError where `streaming` is false."""
         raise NotStreamingError(f"model.kind {self.cfg.kind!r} cannot stream: it needs the whole utterance (streaming kinds: {', '.join(streaming_names()) or 'none'})")
+
+    def finish(self, state: Any) -> torch.Tensor:
+        """The outputs still held back at the end of the input (B, m, output_dim), computed as
+        `forward` computes the end of an utterance (the input padded with zeros). Raises
+        NotStreamingError where `streaming` is false."""
+        raise NotStreamingError(f"model.kind {self.cfg.kind!r} cannot stream: it needs the whole utterance (streaming kinds: {', '.join(streaming_names()) or 'none'})")
+
+    def lookahead_frames(self) -> int:
+        """The most input frames past frame t that the output for t waits for (0: none); the
+        latency a stream adds, in stacked frames."""
+        return 0
 
 
 # ---------------------------------------------------------------------------------- registry
@@ -249,10 +265,10 @@ class Unrolled:
     gates: dict[str, list[torch.Tensor]] | None = None
 
 
-def unroll(layer: nn.RNNBase, x: torch.Tensor, keep_gates: bool = False) -> Unrolled:
+def unroll(layer: nn.RNNBase, x: torch.Tensor, keep_gates: bool = False, initial: Any = None) -> Unrolled:
     """Run a one-layer, one-direction `nn.LSTM`, `nn.GRU` or `nn.RNN` (tanh) over x (B, T, I) from
-    zero state with its own weights, step by step, in PyTorch's gate order: LSTM i, f, g, o; GRU
-    r, z, n. The fused kernels return h_t as outputs only, so a gradient taken with respect to
+    zero state (or from `initial`: h (B, H), for an LSTM the pair h, c) with its own weights, step
+    by step, in PyTorch's gate order: LSTM i, f, g, o; GRU r, z, n. The fused kernels return h_t as outputs only, so a gradient taken with respect to
     their output at t misses every path through h_{t+1}; here each h_t is a node of the graph and
     `torch.autograd.grad(loss, states)` is the whole d loss / d h_t of backpropagation through time."""
     if layer.num_layers != 1 or layer.bidirectional or getattr(layer, "proj_size", 0) or not layer.batch_first:
@@ -262,8 +278,13 @@ def unroll(layer: nn.RNNBase, x: torch.Tensor, keep_gates: bool = False) -> Unro
     b_hh = layer.bias_hh_l0 if layer.bias else None
     x_part = torch.nn.functional.linear(x, layer.weight_ih_l0, layer.bias_ih_l0 if layer.bias else None)  # all steps at once
     batch, frames = x.shape[:2]
-    h = x.new_zeros(batch, layer.hidden_size)
-    c = torch.zeros_like(h)
+    if initial is None:
+        h = x.new_zeros(batch, layer.hidden_size)
+        c = torch.zeros_like(h)
+    elif mode == "LSTM":
+        h, c = initial
+    else:
+        h = initial
     states: list[torch.Tensor] = []
     gates: dict[str, list[torch.Tensor]] | None = {"i": [], "f": [], "o": [], "c": []} if keep_gates and mode == "LSTM" else None
     for t in range(frames):
@@ -306,6 +327,16 @@ def _stacked(grads: Iterator[torch.Tensor | None], states: list[torch.Tensor]) -
     return torch.stack([g if g is not None else torch.zeros_like(s) for g, s in zip(taken, states, strict=True)], dim=1)
 
 
+@dataclass
+class RecurrentState:
+    """Where a one-direction recurrent encoder stands in a stream (`init_state`, `step`): each
+    layer's state, h (1, B, H) (LSTM: the pair h, c), and how many outputs of the layers are still
+    to be dropped before the first one of the stream (the look-ahead, `model.lookahead`)."""
+
+    layers: list[Any]
+    to_drop: int
+
+
 class RecurrentEncoder(Encoder):
     """`cfg.layers` recurrent layers of `cfg.hidden` units per direction, one `cell` module per
     layer and direction (`forward_layers`, and `backward_layers` when bidirectional, else None),
@@ -318,12 +349,22 @@ class RecurrentEncoder(Encoder):
     (bench/model_step.py compares them), and length bucketing keeps the padding itself small.
 
     One-direction kinds stream: `init_state`/`step` carry each layer's hidden (and LSTM cell)
-    state from chunk to chunk."""
+    state from chunk to chunk. They may look ahead `cfg.lookahead` frames L by delaying the
+    output: the layers run over the input followed by L zero frames, and the output for frame t
+    is the top layer's at t + L (each layer's, for `layer_outputs`), so it has seen the input up
+    to t + L. Lengths are unchanged; the padding of a batch is zero (`CTCModel` zeroes it), so a
+    batched utterance still gets the output it gets alone. With L = 0 nothing is padded or cut."""
 
     cell: ClassVar[type[nn.RNNBase]]
 
     def __init__(self, input_dim: int, cfg: ModelConfig):
         super().__init__(input_dim, cfg)
+        lookahead = getattr(cfg, "lookahead", 0)
+        if lookahead and (self.bidirectional or not self.streaming):
+            raise ValueError(f"model.lookahead applies to the one-direction recurrent kinds (lstm, gru, rnn), not to model.kind {cfg.kind!r}; set it to 0")
+        if not 0 <= lookahead <= 100:
+            raise ValueError(f"model.lookahead must be between 0 and 100 frames, got {lookahead}")
+        self.lookahead = lookahead
         directions = 2 if self.bidirectional else 1
         sizes = [input_dim] + [cfg.hidden * directions] * (cfg.layers - 1)
         self.dropout = nn.Dropout(cfg.dropout)
@@ -332,6 +373,9 @@ class RecurrentEncoder(Encoder):
         self.output_dim = cfg.hidden * directions
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor, layer_outputs: list[torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        ahead = self.lookahead
+        if ahead:
+            x = F.pad(x, (0, 0, 0, ahead))
         for i, forward in enumerate(self.forward_layers):
             if i > 0:
                 x = self.dropout(x)
@@ -341,8 +385,12 @@ class RecurrentEncoder(Encoder):
                 y = torch.cat([y, reverse_padded(yb, lengths)], dim=-1)
             x = y
             if layer_outputs is not None:
-                layer_outputs.append(x)
-        return x, lengths
+                layer_outputs.append(x[:, ahead:] if ahead else x)
+        # The top output is the very tensor appended last (gradients are taken with respect to it).
+        return (layer_outputs[-1] if layer_outputs is not None else x[:, ahead:] if ahead else x), lengths
+
+    def lookahead_frames(self) -> int:
+        return self.lookahead
 
     def layer_names(self) -> list[str]:
         n = self.cfg.hidden
@@ -356,56 +404,87 @@ class RecurrentEncoder(Encoder):
         """As `Encoder.gradient_norms`, with the recurrence unrolled on the same weights (see
         `unroll`): h_t's gradient takes in every path through the later steps (backpropagation
         through time), both directions together for a bidirectional layer (the norm of the
-        concatenation), steps past each length left out. No dropout."""
-        h = x
+        concatenation), steps past each length left out. No dropout. With a look-ahead L, h_t is
+        the state at t + L, the one output for frame t."""
+        ahead = self.lookahead
+        h = F.pad(x, (0, 0, 0, ahead)) if ahead else x
         runs: list[tuple[Unrolled, Unrolled | None]] = []
         for i, forward in enumerate(self.forward_layers):
             fwd = unroll(forward, h)
             bwd = unroll(self.backward_layers[i], reverse_padded(h, lengths)) if self.backward_layers is not None else None
             h = fwd.output if bwd is None else torch.cat([fwd.output, reverse_padded(bwd.output, lengths)], dim=-1)
             runs.append((fwd, bwd))
-        loss = loss_of_top(h)
+        loss = loss_of_top(h[:, ahead:])
         nodes = [s for fwd, bwd in runs for s in fwd.states + (bwd.states if bwd else [])]
         grads = iter(torch.autograd.grad(loss, nodes, allow_unused=True))
         norms = []
         for fwd, bwd in runs:
-            squares = _stacked(grads, fwd.states).pow(2).sum(-1)  # (B, T')
+            squares = _stacked(grads, fwd.states).pow(2).sum(-1)  # (B, T' + L)
             if bwd is not None:
                 back = _stacked(grads, bwd.states)  # in each utterance's reversed time
                 squares = squares + reverse_padded(back, lengths).pow(2).sum(-1)
+            squares = squares[:, ahead:]
             norms.append(mask_padding(squares[:, :, None], lengths)[:, :, 0].sum(0).sqrt())
         return torch.stack(norms).float()
 
     def gates(self, x: torch.Tensor) -> list[GateTrace]:
         """LSTM kinds: each layer's forward direction over x (T', input_dim), its input the layer
-        below's output (both directions); other cells have no gates to show here."""
+        below's output (both directions); other cells have no gates to show here. With a
+        look-ahead L, step t shows the state at t + L (the one output for frame t)."""
         if self.cell is not nn.LSTM:
             return []
+        ahead = self.lookahead
         outputs: list[torch.Tensor] = []
         with torch.no_grad():
             self(x[None], torch.tensor([x.shape[0]]), outputs)
-        layer_inputs = [x] + [o[0] for o in outputs[:-1]]
-        return [lstm_gates(lstm, h) for lstm, h in zip(self.forward_layers, layer_inputs, strict=True)]
+        if not ahead:
+            layer_inputs = [x] + [o[0] for o in outputs[:-1]]
+            return [lstm_gates(lstm, h) for lstm, h in zip(self.forward_layers, layer_inputs, strict=True)]
+        traces, h = [], F.pad(x, (0, 0, 0, ahead))
+        for lstm in self.forward_layers:
+            g = lstm_gates(lstm, h)
+            traces.append(GateTrace(*(a[ahead:] for a in (g.input_gate, g.forget_gate, g.output_gate, g.cell, g.hidden))))
+            with torch.no_grad():
+                h = lstm(h[None])[0][0]
+        return traces
 
-    def init_state(self, batch: int, device: torch.device | str | None = None) -> list[Any]:
-        """One-direction kinds: per layer, zeros h (1, B, H) (LSTM: the pair h, c)."""
+    def init_state(self, batch: int, device: torch.device | str | None = None) -> RecurrentState:
+        """One-direction kinds: per layer, zeros h (1, B, H) (LSTM: the pair h, c), and the
+        look-ahead's outputs still to drop."""
         if not self.streaming:
             return super().init_state(batch, device)
         device = device if device is not None else self.forward_layers[0].weight_ih_l0.device
         dtype = self.forward_layers[0].weight_ih_l0.dtype
         zeros = [torch.zeros(1, batch, self.cfg.hidden, device=device, dtype=dtype) for _ in self.forward_layers]
-        return [(h, torch.zeros_like(h)) if self.cell is nn.LSTM else h for h in zeros]
+        return RecurrentState([(h, torch.zeros_like(h)) if self.cell is nn.LSTM else h for h in zeros], self.lookahead)
 
-    def step(self, x: torch.Tensor, state: list[Any]) -> tuple[torch.Tensor, list[Any]]:
+    def step(self, x: torch.Tensor, state: RecurrentState) -> tuple[torch.Tensor, RecurrentState]:
+        """The next frames x (B, n, input_dim) -> the outputs now final (B, n - dropped,
+        output_dim): the first `lookahead` outputs of a stream belong to no frame and are dropped,
+        so output k is the one for input frame k; `finish` gives the last `lookahead`."""
         if not self.streaming:
             return super().step(x, state)
-        new_state = []
-        for i, (layer, s) in enumerate(zip(self.forward_layers, state, strict=True)):
+        if x.shape[1] == 0:
+            return x.new_zeros(x.shape[0], 0, self.output_dim), state
+        layers = []
+        for i, (layer, s) in enumerate(zip(self.forward_layers, state.layers, strict=True)):
             if i > 0:
                 x = self.dropout(x)
             x, s = layer(x, s)
-            new_state.append(s)
-        return x, new_state
+            layers.append(s)
+        drop = min(state.to_drop, x.shape[1])
+        return x[:, drop:], RecurrentState(layers, state.to_drop - drop)
+
+    def finish(self, state: RecurrentState) -> torch.Tensor:
+        """The outputs of the last `lookahead` frames (B, lookahead, output_dim) or fewer when
+        the stream was shorter: the layers run over `lookahead` zero frames, as `forward` pads."""
+        if not self.streaming:
+            return super().finish(state)
+        first = state.layers[0][0] if self.cell is nn.LSTM else state.layers[0]
+        if not self.lookahead:
+            return first.new_zeros(first.shape[1], 0, self.output_dim)
+        y, _ = self.step(first.new_zeros(first.shape[1], self.lookahead, self.input_dim), state)
+        return y
 
 
 @register_encoder("blstm")
@@ -492,3 +571,196 @@ class MLPEncoder(Encoder):
             if layer_outputs is not None:
                 layer_outputs.append(x)
         return x, lengths
+
+    def lookahead_frames(self) -> int:
+        return self.cfg.context
+
+
+# ------------------------------------------------------------------ latency-controlled BLSTM
+
+
+@dataclass
+class ChunkState:
+    """Where a latency-controlled BLSTM stands in a stream: each layer's forward state (h, c),
+    each (1, B, H), at the end of the last chunk output, and the input frames after it that are
+    not output yet (B, n, input_dim): fewer than a chunk and its right context."""
+
+    layers: list[tuple[torch.Tensor, torch.Tensor]]
+    pending: torch.Tensor
+
+
+def _window_frames(x: torch.Tensor, chunks: int, chunk: int, right: int) -> torch.Tensor:
+    """x (B, >= chunks*chunk + right, D) -> the right context of each chunk, (B, chunks, right, D):
+    frames (k+1)*chunk .. (k+1)*chunk + right - 1 for chunk k."""
+    idx = (torch.arange(1, chunks + 1, device=x.device)[:, None] * chunk + torch.arange(right, device=x.device)[None, :]).reshape(-1)
+    return x[:, idx].reshape(x.shape[0], chunks, right, x.shape[2])
+
+
+@register_encoder("lcblstm")
+class LCBLSTMEncoder(RecurrentEncoder):
+    """Latency-controlled BLSTM (Chen & Huo 2016, "Training deep bidirectional LSTM acoustic
+    model for LVCSR by a context-sensitive-chunk BPTT approach"; Xue & Yan 2017, "Improving
+    latency-controlled BLSTM acoustic models for online speech recognition"): LSTM layers in both
+    directions, the input cut into chunks of `cfg.chunk` stacked frames C, each seen with the
+    `cfg.right_context` frames R after it. Per layer:
+
+    - the forward direction runs over the chunks in order, its state carried from one to the
+      next (over the whole utterance it is a plain LSTM);
+    - the backward direction runs over each window (a chunk and its right context) from a zero
+      state, so the output for frame t waits only for the end of its chunk plus R frames;
+    - the forward direction also runs over each chunk's right-context frames from the state at
+      the chunk's end (that state then discarded), so the next layer's window has inputs for its
+      right-context frames computed from that window alone.
+
+    The output of a layer for a chunk's frames is both directions concatenated (forward first);
+    the right-context frames' outputs feed only the next layer's window. `forward` computes
+    exactly this (training is chunked as the stream runs): the forward direction chunk by
+    chunk, the windows of all chunks and utterances in one batch for the backward direction and
+    the right-context frames. The input is treated as zero past its end up to a whole window
+    (CTCModel zeroes the padding of a batch), so an utterance gets the same output alone or in a
+    batch, and `init_state`/`step`/`finish` give the same outputs as `forward`, a chunk's frames
+    once its right context has arrived. The parameters are named as blstm's (`forward_layers`,
+    `backward_layers`), so a blstm's weights load into it."""
+
+    cell = nn.LSTM
+    family = "lstm"
+    bidirectional = True
+    streaming = True
+    dynamic_quantization = (nn.LSTM,)
+
+    def __init__(self, input_dim: int, cfg: ModelConfig):
+        chunk, right = getattr(cfg, "chunk", 0), getattr(cfg, "right_context", 0)
+        if chunk < 1:
+            raise ValueError(f"model.chunk must be at least 1 (stacked frames per chunk) for model.kind 'lcblstm', got {chunk}")
+        if right < 0:
+            raise ValueError(f"model.right_context must be at least 0 for model.kind 'lcblstm', got {right}")
+        super().__init__(input_dim, cfg)
+        self.chunk, self.right_context = chunk, right
+
+    def lookahead_frames(self) -> int:
+        return self.chunk - 1 + self.right_context
+
+    def _layer(self, i: int, main: torch.Tensor, right: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor] | None) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """Layer i over whole chunks: main (B, n*C, D) the chunks' frames, right (B, n, R, D) each
+        chunk's right-context frames as its window sees them, `state` the forward state before
+        the first chunk (None: zeros) -> the outputs for both (B, n*C, 2H) and (B, n, R, 2H),
+        and the forward state after the last chunk."""
+        fwd, bwd = self.forward_layers[i], self.backward_layers[i]
+        batch, frames, dim = main.shape
+        c, r = self.chunk, self.right_context
+        n = frames // c
+        outs, ends = [], []
+        for k in range(n):
+            y, state = fwd(main[:, k * c : (k + 1) * c], state)
+            outs.append(y)
+            ends.append(state)
+        f_main = torch.cat(outs, dim=1)
+        hidden = f_main.shape[-1]
+        window = torch.cat([main.reshape(batch, n, c, dim), right], dim=2).reshape(batch * n, c + r, dim)
+        b_all = bwd(window.flip(1))[0].flip(1).reshape(batch, n, c + r, hidden)
+        out_main = torch.cat([f_main, b_all[:, :, :c].reshape(batch, n * c, hidden)], dim=-1)
+        if r:
+            # Chunk-end states (1, B, H) per chunk -> (1, B*n, H), utterance-major as the windows.
+            h0 = torch.cat([h for h, _ in ends], dim=0).transpose(0, 1).reshape(1, batch * n, hidden)
+            c0 = torch.cat([cc for _, cc in ends], dim=0).transpose(0, 1).reshape(1, batch * n, hidden)
+            f_right = fwd(right.reshape(batch * n, r, dim), (h0.contiguous(), c0.contiguous()))[0].reshape(batch, n, r, hidden)
+            out_right = torch.cat([f_right, b_all[:, :, c:]], dim=-1)
+        else:
+            out_right = main.new_zeros(batch, n, 0, 2 * hidden)
+        return out_main, out_right, state
+
+    def _run(self, x: torch.Tensor, states: list[Any] | None, layer_outputs: list[torch.Tensor] | None = None) -> tuple[torch.Tensor, list[Any]]:
+        """x (B, n*C + R, input_dim): whole windows -> the top layer's outputs for the n chunks
+        (B, n*C, output_dim) and each layer's forward state after them; `states` those before
+        (None: zeros)."""
+        n = (x.shape[1] - self.right_context) // self.chunk
+        main, right = x[:, : n * self.chunk], _window_frames(x, n, self.chunk, self.right_context)
+        new_states = []
+        for i in range(len(self.forward_layers)):
+            if i > 0:
+                main, right = self.dropout(main), self.dropout(right)
+            main, right, s = self._layer(i, main, right, None if states is None else states[i])
+            new_states.append(s)
+            if layer_outputs is not None:
+                layer_outputs.append(main)
+        return main, new_states
+
+    def _padded(self, x: torch.Tensor) -> torch.Tensor:
+        """x (B, T, D) with zeros after it up to whole windows: (B, ceil(T/C)*C + R, D)."""
+        chunks = -(-x.shape[1] // self.chunk)
+        return F.pad(x, (0, 0, 0, chunks * self.chunk + self.right_context - x.shape[1]))
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor, layer_outputs: list[torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        frames = x.shape[1]
+        if frames == 0:
+            if layer_outputs is not None:
+                layer_outputs.extend(x.new_zeros(x.shape[0], 0, self.output_dim) for _ in self.forward_layers)
+            return x.new_zeros(x.shape[0], 0, self.output_dim), lengths
+        if layer_outputs is None:
+            return self._run(self._padded(x), None)[0][:, :frames], lengths
+        outputs: list[torch.Tensor] = []
+        self._run(self._padded(x), None, outputs)
+        layer_outputs.extend(o[:, :frames] for o in outputs)
+        return layer_outputs[-1], lengths  # the very tensor appended last (gradients are taken with respect to it)
+
+    def gradient_norms(self, x: torch.Tensor, lengths: torch.Tensor, loss_of_top: LossOfTop) -> torch.Tensor:
+        """As `Encoder.gradient_norms`, the chunked computation of `forward` unrolled on the same
+        weights (see `unroll`): h_t is a chunk frame's output, its forward state (whose gradient
+        takes in the later chunks and the right-context runs started from it) and its backward
+        state in its own window; the right-context frames' copies are not counted. No dropout."""
+        frames, c, r = x.shape[1], self.chunk, self.right_context
+        xp = self._padded(x)
+        batch, n = x.shape[0], (xp.shape[1] - r) // c
+        main, right = xp[:, : n * c], _window_frames(xp, n, c, r)
+        runs: list[tuple[Unrolled, Unrolled]] = []
+        for fwd_layer, bwd_layer in zip(self.forward_layers, self.backward_layers, strict=True):
+            dim, hidden = main.shape[-1], fwd_layer.hidden_size
+            fwd = unroll(fwd_layer, main, keep_gates=True)
+            window = torch.cat([main.reshape(batch, n, c, dim), right], dim=2).reshape(batch * n, c + r, dim)
+            bwd = unroll(bwd_layer, window.flip(1))
+            b_all = bwd.output.flip(1).reshape(batch, n, c + r, hidden)
+            new_main = torch.cat([fwd.output, b_all[:, :, :c].reshape(batch, n * c, hidden)], dim=-1)
+            if r:
+                ends = [(k + 1) * c - 1 for k in range(n)]
+                h0 = torch.stack([fwd.states[t] for t in ends], dim=1).reshape(batch * n, hidden)
+                c0 = torch.stack([fwd.gates["c"][t] for t in ends], dim=1).reshape(batch * n, hidden)
+                f_right = unroll(fwd_layer, right.reshape(batch * n, r, dim), initial=(h0, c0)).output.reshape(batch, n, r, hidden)
+                right = torch.cat([f_right, b_all[:, :, c:]], dim=-1)
+            main = new_main
+            runs.append((fwd, bwd))
+        loss = loss_of_top(main[:, :frames])
+        nodes = [s for fwd, bwd in runs for s in fwd.states + bwd.states]
+        grads = iter(torch.autograd.grad(loss, nodes, allow_unused=True))
+        norms = []
+        for fwd, bwd in runs:
+            squares = _stacked(grads, fwd.states).pow(2).sum(-1)  # (B, n*C)
+            back = _stacked(grads, bwd.states).flip(1).reshape(batch, n, c + r, -1)[:, :, :c]  # (B, n, C, H), window time
+            squares = (squares + back.pow(2).sum(-1).reshape(batch, n * c))[:, :frames]
+            norms.append(mask_padding(squares[:, :, None], lengths)[:, :, 0].sum(0).sqrt())
+        return torch.stack(norms).float()
+
+    def init_state(self, batch: int, device: torch.device | str | None = None) -> ChunkState:
+        """Zero forward states per layer and no pending input."""
+        device = device if device is not None else self.forward_layers[0].weight_ih_l0.device
+        dtype = self.forward_layers[0].weight_ih_l0.dtype
+        zeros = [torch.zeros(1, batch, self.cfg.hidden, device=device, dtype=dtype) for _ in self.forward_layers]
+        return ChunkState([(h, torch.zeros_like(h)) for h in zeros], torch.zeros(batch, 0, self.input_dim, device=device, dtype=dtype))
+
+    def step(self, x: torch.Tensor, state: ChunkState) -> tuple[torch.Tensor, ChunkState]:
+        """The next frames x (B, n, input_dim) -> the outputs of every chunk whose right context
+        has now arrived (B, m*C, output_dim), all of them in one run; the frames after them wait."""
+        pending = torch.cat([state.pending, x], dim=1)
+        ready = max(0, (pending.shape[1] - self.right_context) // self.chunk)
+        if not ready:
+            return pending.new_zeros(pending.shape[0], 0, self.output_dim), ChunkState(state.layers, pending)
+        y, layers = self._run(pending[:, : ready * self.chunk + self.right_context], state.layers)
+        return y, ChunkState(layers, pending[:, ready * self.chunk :])
+
+    def finish(self, state: ChunkState) -> torch.Tensor:
+        """The outputs of the pending frames (B, n, output_dim), the input padded with zeros to
+        whole windows as `forward` pads it."""
+        frames = state.pending.shape[1]
+        if not frames:
+            return state.pending.new_zeros(state.pending.shape[0], 0, self.output_dim)
+        y, _ = self._run(self._padded(state.pending), state.layers)
+        return y[:, :frames]
