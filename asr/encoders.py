@@ -321,6 +321,34 @@ def lstm_gates(lstm: nn.LSTM, x: torch.Tensor) -> GateTrace:
     return GateTrace(g["i"], g["f"], g["o"], g["c"], run.output[0].float().cpu().numpy())
 
 
+SHORT_RUN = 16  # at most this many steps: `run_layer` steps an LSTM itself when no gradient is needed
+
+
+def run_layer(layer: nn.RNNBase, x: torch.Tensor, state: Any = None) -> tuple[torch.Tensor, Any]:
+    """`layer(x, state)` for a one-layer, one-direction, batch-first recurrent layer: outputs
+    (B, T, H) and the state after them. Without autograd, an LSTM over at most SHORT_RUN steps
+    is stepped here with its own weights (the same arithmetic, PyTorch's gate order): on a CPU
+    the fused kernel has a fixed cost per call that outweighs a few steps, and a few steps are
+    what a stream runs on each new piece of audio."""
+    frames = x.shape[1]
+    if layer.mode != "LSTM" or torch.is_grad_enabled() or not 0 < frames <= SHORT_RUN or getattr(layer, "proj_size", 0):
+        return layer(x, state)
+    if state is None:
+        h = x.new_zeros(x.shape[0], layer.hidden_size)
+        c = torch.zeros_like(h)
+    else:
+        h, c = state[0][0], state[1][0]
+    x_part = F.linear(x, layer.weight_ih_l0, layer.bias_ih_l0)
+    w_hh, b_hh = layer.weight_hh_l0.t(), layer.bias_hh_l0
+    outputs = []
+    for t in range(frames):
+        i, f, g, o = torch.addmm(b_hh, h, w_hh).add_(x_part[:, t]).chunk(4, dim=-1)
+        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        h = torch.sigmoid(o) * torch.tanh(c)
+        outputs.append(h)
+    return torch.stack(outputs, dim=1), (h[None], c[None])
+
+
 def _stacked(grads: Iterator[torch.Tensor | None], states: list[torch.Tensor]) -> torch.Tensor:
     """The next len(states) gradients of the iterator `grads` as (B, T, H); an unused state's is zero."""
     taken = [next(grads) for _ in states]
@@ -470,7 +498,7 @@ class RecurrentEncoder(Encoder):
         for i, (layer, s) in enumerate(zip(self.forward_layers, state.layers, strict=True)):
             if i > 0:
                 x = self.dropout(x)
-            x, s = layer(x, s)
+            x, s = run_layer(layer, x, s)
             layers.append(s)
         drop = min(state.to_drop, x.shape[1])
         return x[:, drop:], RecurrentState(layers, state.to_drop - drop)
@@ -651,19 +679,19 @@ class LCBLSTMEncoder(RecurrentEncoder):
         n = frames // c
         outs, ends = [], []
         for k in range(n):
-            y, state = fwd(main[:, k * c : (k + 1) * c], state)
+            y, state = run_layer(fwd, main[:, k * c : (k + 1) * c], state)
             outs.append(y)
             ends.append(state)
         f_main = torch.cat(outs, dim=1)
         hidden = f_main.shape[-1]
         window = torch.cat([main.reshape(batch, n, c, dim), right], dim=2).reshape(batch * n, c + r, dim)
-        b_all = bwd(window.flip(1))[0].flip(1).reshape(batch, n, c + r, hidden)
+        b_all = run_layer(bwd, window.flip(1))[0].flip(1).reshape(batch, n, c + r, hidden)
         out_main = torch.cat([f_main, b_all[:, :, :c].reshape(batch, n * c, hidden)], dim=-1)
         if r:
             # Chunk-end states (1, B, H) per chunk -> (1, B*n, H), utterance-major as the windows.
             h0 = torch.cat([h for h, _ in ends], dim=0).transpose(0, 1).reshape(1, batch * n, hidden)
             c0 = torch.cat([cc for _, cc in ends], dim=0).transpose(0, 1).reshape(1, batch * n, hidden)
-            f_right = fwd(right.reshape(batch * n, r, dim), (h0.contiguous(), c0.contiguous()))[0].reshape(batch, n, r, hidden)
+            f_right = run_layer(fwd, right.reshape(batch * n, r, dim), (h0.contiguous(), c0.contiguous()))[0].reshape(batch, n, r, hidden)
             out_right = torch.cat([f_right, b_all[:, :, c:]], dim=-1)
         else:
             out_right = main.new_zeros(batch, n, 0, 2 * hidden)
