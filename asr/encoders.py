@@ -719,6 +719,8 @@ class LCBLSTMEncoder(RecurrentEncoder):
         return F.pad(x, (0, 0, 0, chunks * self.chunk + self.right_context - x.shape[1]))
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor, layer_outputs: list[torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        if torch.jit.is_tracing():
+            raise ValueError("model.kind 'lcblstm' cannot be exported: its number of chunks follows the input's length, which a traced graph would fix")
         frames = x.shape[1]
         if frames == 0:
             if layer_outputs is not None:

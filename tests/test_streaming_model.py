@@ -280,6 +280,19 @@ def test_old_configs_get_the_new_keys_defaults() -> None:
     assert (cfg.model.lookahead, cfg.model.chunk, cfg.model.right_context) == (0, 20, 10)
 
 
+def test_the_lookahead_lstm_exports_and_lcblstm_refuses(tmp_path: Path) -> None:
+    from asr.export import ExportedModel, export
+
+    rec = recognizer(tmp_path, kind="lstm", lookahead=2)
+    exported = ExportedModel.load(export(rec, tmp_path / "m.ts"))
+    x = rec.extractor.batch([torch.from_numpy(signal(1.0)), torch.from_numpy(signal(0.6))])
+    feats, lengths = torch.nn.utils.rnn.pad_sequence(x, batch_first=True), torch.tensor([len(f) for f in x])
+    got, want = exported.log_probs(feats, lengths), rec.log_probs(feats, lengths)
+    assert torch.equal(got[1], want[1]) and (got[0] - want[0]).abs().max() < 1e-4
+    with pytest.raises(ValueError, match="'lcblstm' cannot be exported"):
+        export(recognizer(tmp_path, kind="lcblstm", chunk=4, right_context=2), tmp_path / "lc.ts")
+
+
 # ---------------------------------------------------------------------------------- refusals
 
 
