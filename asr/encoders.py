@@ -26,7 +26,11 @@ A new model family is one class here (or anywhere imported before the config is 
             return [f"layer 1 (conv, {self.output_dim} units)"]
 
 The built-in kinds: blstm, lstm, bgru, gru, brnn, rnn (LSTM, GRU or tanh Elman RNN layers; b: both
-directions) and mlp (ReLU layers over a window of stacked frames).
+directions; the one-direction kinds with `model.lookahead` frames of look-ahead), mlp (ReLU layers
+over a window of stacked frames) and lcblstm (the latency-controlled BLSTM: both directions over
+chunks of `model.chunk` frames plus `model.right_context`). The kinds that can stream (lstm, gru,
+rnn, lcblstm) run a chunk at a time through `init_state`/`step`/`finish`; `asr.streaming` runs
+them on live audio.
 """
 
 from __future__ import annotations
@@ -587,6 +591,8 @@ class MLPEncoder(Encoder):
         super().__init__(input_dim, cfg)
         if not 0 <= cfg.context <= 50:
             raise ValueError(f"model.context must be between 0 and 50, got {cfg.context}")
+        if getattr(cfg, "lookahead", 0):
+            raise ValueError("model.lookahead applies to the one-direction recurrent kinds (lstm, gru, rnn), not to model.kind 'mlp' (its look-ahead is model.context); set it to 0")
         sizes = [input_dim * (2 * cfg.context + 1)] + [cfg.hidden] * (cfg.layers - 1)
         self.dropout = nn.Dropout(cfg.dropout)
         self.hidden_layers = nn.ModuleList(nn.Linear(n, cfg.hidden) for n in sizes)

@@ -267,6 +267,7 @@ def test_bad_settings_are_one_line_errors_naming_the_key() -> None:
         (ModelConfig(kind="lcblstm", right_context=-1), "model.right_context"),
         (ModelConfig(kind="blstm", lookahead=2), "model.lookahead"),
         (ModelConfig(kind="lcblstm", lookahead=2), "model.lookahead"),
+        (ModelConfig(kind="mlp", lookahead=2), "model.lookahead"),
         (ModelConfig(kind="lstm", lookahead=-1), "model.lookahead"),
     ):
         with pytest.raises(ValueError) as e:
