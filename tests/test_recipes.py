@@ -18,7 +18,7 @@ def test_shipped_recipes_load() -> None:
 
 
 def test_unknown_recipe_lists_known_ones() -> None:
-    with pytest.raises(RecipeError, match="known: an4, fsdd, yesno"):
+    with pytest.raises(RecipeError, match="known: an4, an4_streaming, fsdd, yesno"):
         load_recipe("nope")
 
 
