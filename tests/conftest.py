@@ -103,3 +103,14 @@ def trained(tone_corpus: dict[str, Path], tmp_path_factory: pytest.TempPathFacto
     exp = root / "exp"
     invoke("train", config, "--out", exp, "--set", f"data.train={tone_corpus['train']}", "--set", f"data.dev={tone_corpus['dev']}")
     return exp
+
+
+@pytest.fixture(scope="session")
+def trained_streaming(tone_corpus: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A streaming model (one-direction LSTM, two frames of look-ahead) trained on the tone words."""
+    root = tmp_path_factory.mktemp("exp_streaming")
+    config = root / "tones.toml"
+    config.write_text(TONE_CONFIG)
+    exp = root / "exp"
+    invoke("train", config, "--out", exp, "--set", f"data.train={tone_corpus['train']}", "--set", f"data.dev={tone_corpus['dev']}", "--set", "model.kind=lstm", "--set", "model.lookahead=2")
+    return exp

@@ -324,3 +324,106 @@ def test_killed_mid_request_then_restarted_serves_again(trained: Path, utterance
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+# ------------------------------------------------------------------------- WebSocket /v1/stream
+
+
+def _pcm(x: np.ndarray) -> bytes:
+    return (np.clip(x, -1, 1) * 32767).astype("<i2").tobytes()
+
+
+def test_websocket_of_a_model_that_cannot_stream_says_so_and_closes(client) -> None:
+    from starlette.websockets import WebSocketDisconnect
+
+    with client.websocket_connect("/v1/stream") as ws:
+        ws.send_json({"type": "start", "sample_rate": SR})
+        message = ws.receive_json()
+        assert message["type"] == "error" and "cannot stream" in message["message"] and "lstm" in message["message"]
+        with pytest.raises(WebSocketDisconnect) as closed:
+            ws.receive_json()
+    assert closed.value.code == 1000
+
+
+@pytest.fixture(scope="module")
+def streaming_model(trained_streaming: Path):
+    import asr
+
+    return asr.load_model(trained_streaming / "best.pt")
+
+
+def test_websocket_streams_partials_and_finals_as_the_python_api(streaming_model) -> None:
+    import asr
+
+    rng = np.random.default_rng(11)
+    x = np.concatenate([tone_utterance(["CAB", "DAD"], rng), np.zeros(int(1.5 * SR), np.float32), tone_utterance(["BAD"], rng), np.zeros(SR // 2, np.float32)])
+    pcm = _pcm(x)
+    reference = asr.stream(streaming_model)
+    samples = np.frombuffer(pcm, "<i2").astype(np.float32) / 32768.0
+    for i in range(0, len(samples), 1234):
+        reference.accept(samples[i : i + 1234], SR)
+    last = reference.finish()
+    expected = [f.text for f in reference.pop_finals()] + ([last.text] if last.text else [])
+    assert expected
+    with _client(streaming_model) as c, c.websocket_connect("/v1/stream") as ws:
+        ws.send_json({"type": "start", "sample_rate": SR})
+        assert ws.receive_json()["type"] == "ready"
+        for i in range(0, len(pcm), 2469):  # odd sizes: samples split across messages
+            ws.send_bytes(pcm[i : i + 2469])
+        ws.send_json({"type": "stop"})
+        messages = []
+        while True:
+            try:
+                messages.append(ws.receive_json())
+            except Exception:  # noqa: BLE001  (the server closed the socket)
+                break
+    finals = [m["text"] for m in messages if m["type"] == "final"]
+    assert finals == expected, messages
+    assert any(m["type"] == "partial" and m["text"] for m in messages)
+    assert all(set(m) == {"type", "text", "start", "end", "words"} for m in messages)
+
+
+@pytest.mark.parametrize(
+    ("first", "message"),
+    [
+        (b"\x00\x01garbage", "expected a start message"),
+        ("not json", "not JSON"),
+        ({"type": "start", "sample_rate": 0, "api_key": "k"}, "sample_rate"),
+        ({"type": "start", "sample_rate": SR, "api_key": "wrong"}, "API key"),
+    ],
+    ids=["binary-first", "not-json", "bad-rate", "wrong-key"],
+)
+def test_websocket_protocol_errors_close_with_a_reason(streaming_model, first, message: str) -> None:
+    from starlette.websockets import WebSocketDisconnect
+
+    with _client(streaming_model, api_key="k") as c, c.websocket_connect("/v1/stream", headers={} if isinstance(first, dict) else {"Authorization": "Bearer k"}) as ws:
+        if isinstance(first, bytes):
+            ws.send_bytes(first)
+        elif isinstance(first, str):
+            ws.send_text(first)
+        else:
+            ws.send_json(first)
+        reply = ws.receive_json()
+        assert reply["type"] == "error" and message in reply["message"], reply
+        with pytest.raises(WebSocketDisconnect) as closed:
+            ws.receive_json()
+        assert closed.value.code == 1008
+        assert c.get("/health").status_code == 200
+
+
+def test_websocket_idle_timeout_and_a_client_that_vanishes(streaming_model) -> None:
+    from starlette.websockets import WebSocketDisconnect
+
+    with _client(streaming_model, body_timeout=0.5) as c:
+        with c.websocket_connect("/v1/stream") as ws:
+            ws.send_json({"type": "start", "sample_rate": SR})
+            assert ws.receive_json()["type"] == "ready"
+            reply = ws.receive_json()  # nothing sent: the server gives up
+            assert reply["type"] == "error" and "no message" in reply["message"]
+            with pytest.raises(WebSocketDisconnect):
+                ws.receive_json()
+        with c.websocket_connect("/v1/stream") as ws:  # gone mid-stream
+            ws.send_json({"type": "start", "sample_rate": SR})
+            ws.receive_json()
+            ws.send_bytes(_pcm(np.zeros(SR // 4, np.float32)))
+        assert c.get("/health").status_code == 200

@@ -1,0 +1,133 @@
+"""`WebSocket /v1/stream` of `asr serve`: live recognition over a socket (`asr.stream.Stream`).
+
+The protocol, in the order of a session:
+
+1. The client sends a text message `{"type": "start", "sample_rate": 16000}` (optionally
+   `"api_key"` when the server has one and the client cannot send an Authorization header, as
+   browsers cannot on a WebSocket).
+2. The server answers `{"type": "ready", "sample_rate": <the model's>, "model": <kind>}`.
+3. The client sends binary messages of 16-bit little-endian mono PCM at its `sample_rate`, in
+   pieces of any size; the server sends `{"type": "partial", ...}` whenever the current
+   utterance's text changes and `{"type": "final", ...}` for each utterance that ends (the
+   messages `asr stream` prints: type, text, start, end, words).
+4. The client sends `{"type": "stop"}`; the server sends the remaining finals and closes (1000).
+
+Anything else gets `{"type": "error", "message"}` and a close: a model that cannot stream
+(1000, the socket says which kinds can), a missing or wrong key or a message out of order
+(1008), silence from the client for `body_timeout` seconds (1001). A client that disappears
+only ends its own stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import numpy as np
+from fastapi import WebSocket, WebSocketDisconnect
+
+from asr.audio import AudioError, SampleRateCheck
+
+__all__ = ["serve_stream"]
+
+
+class _Close(Exception):
+    def __init__(self, message: str, code: int):
+        super().__init__(message)
+        self.message, self.code = message, code
+
+
+async def serve_stream(websocket: WebSocket, model: Any, options: Any, config: Any, rate_check: SampleRateCheck) -> None:
+    """Run one client's stream on `websocket` until it stops, fails or goes away."""
+    from asr.encoders import NotStreamingError
+    from asr.server import key_matches
+    from asr.stream import Stream
+
+    await websocket.accept()
+    try:
+        start = await _receive(websocket, config.body_timeout)
+        if start.get("bytes") is not None or start.get("text") is None:
+            raise _Close("expected a start message first: {\"type\": \"start\", \"sample_rate\": 16000}", 1008)
+        try:
+            header = json.loads(start["text"])
+        except ValueError:
+            raise _Close("the start message is not JSON", 1008) from None
+        if not isinstance(header, dict) or header.get("type") != "start":
+            raise _Close("expected a start message first: {\"type\": \"start\", \"sample_rate\": 16000}", 1008)
+        if config.api_key:
+            given = websocket.headers.get("authorization", "") or f"Bearer {header.get('api_key') or ''}"
+            if not key_matches(given, config.api_key):
+                raise _Close("missing or incorrect API key: send Authorization: Bearer <key> or api_key in the start message", 1008)
+        rate = header.get("sample_rate", model.cfg.features.sample_rate)
+        if isinstance(rate, bool) or not isinstance(rate, int) or not 1000 <= rate <= 768000:
+            raise _Close(f"sample_rate must be a whole number of Hz between 1000 and 768000, got {rate!r}", 1008)
+        try:
+            stream = Stream(model, options, rate_check=rate_check)
+        except NotStreamingError as e:
+            raise _Close(str(e), 1000) from None
+        await websocket.send_json({"type": "ready", "sample_rate": model.cfg.features.sample_rate, "model": model.cfg.model.kind})
+        await _run(websocket, stream, rate, config.body_timeout, rate_check)
+    except _Close as e:
+        await _close(websocket, e.message, e.code)
+    except WebSocketDisconnect:
+        return
+
+
+async def _run(websocket: WebSocket, stream: Any, rate: int, idle: float, rate_check: SampleRateCheck) -> None:
+    leftover = b""
+    last_partial = ""
+    while True:
+        message = await _receive(websocket, idle)
+        data = message.get("bytes")
+        if data is not None:
+            data = leftover + data
+            cut = len(data) - len(data) % 2
+            leftover = data[cut:]
+            if not cut:
+                continue
+            samples = np.frombuffer(data[:cut], dtype="<i2").astype(np.float32) / 32768.0
+            try:
+                partial = await asyncio.to_thread(stream.accept, samples, rate)
+            except (AudioError, ValueError) as e:
+                raise _Close(str(e), 1008) from None
+            if rate_check.narrowband:
+                rate_check.warn()
+            for final in stream.pop_finals():
+                await websocket.send_json(final.to_dict())
+                last_partial = ""
+            if partial.text != last_partial:
+                await websocket.send_json(partial.to_dict())
+                last_partial = partial.text
+            continue
+        try:
+            control = json.loads(message.get("text") or "")
+        except ValueError:
+            raise _Close("text messages must be JSON: {\"type\": \"stop\"}", 1008) from None
+        if not isinstance(control, dict) or control.get("type") not in ("stop", "eof"):
+            raise _Close(f"unexpected message {str(control)[:80]!r}: send PCM as binary messages, then {{\"type\": \"stop\"}}", 1008)
+        last = await asyncio.to_thread(stream.finish)
+        for final in stream.pop_finals():
+            await websocket.send_json(final.to_dict())
+        if last.text:
+            await websocket.send_json(last.to_dict())
+        await websocket.close(1000)
+        return
+
+
+async def _receive(websocket: WebSocket, idle: float) -> dict:
+    try:
+        message = await asyncio.wait_for(websocket.receive(), idle)
+    except TimeoutError:
+        raise _Close(f"no message for {idle:g} s", 1001) from None
+    if message["type"] == "websocket.disconnect":
+        raise WebSocketDisconnect(message.get("code", 1000))
+    return message
+
+
+async def _close(websocket: WebSocket, message: str, code: int) -> None:
+    try:
+        await websocket.send_json({"type": "error", "message": message})
+        await websocket.close(code)
+    except (WebSocketDisconnect, RuntimeError):
+        pass
