@@ -346,16 +346,23 @@ def _probe(path: Path) -> AudioInfo:
         raise AudioError(path, f"invalid file name ({e})") from None
     except Exception as e:
         raise AudioError(path, _why_unreadable(head, wav, _sf_message(e))) from None
-    if info.frames <= 0:
-        raise AudioError(path, "no audio samples")
-    if not MIN_SAMPLE_RATE <= info.samplerate <= MAX_SAMPLE_RATE:
-        raise AudioError(path, f"implausible sample rate {info.samplerate} Hz (corrupt header?)")
-    if info.frames == _UNKNOWN_FRAMES:
-        raise AudioError(path, "unknown length: the header does not count the samples (a streamed FLAC?); re-encode the file")
-    if info.frames * info.channels > MAX_SAMPLES_PER_BYTE * size:
-        raise AudioError(path, f"implausible length: the header claims {info.frames} frames in {size} bytes (corrupt header?)")
+    result = _checked_info(path, info, wav, size)
     if info.format == "FLAC":
         _check_flac_end(path, info.frames)
+    return result
+
+
+def _checked_info(name: str | Path, info: Any, wav: _WavHeader | None, size: int) -> AudioInfo:
+    """libsndfile's header facts of a file of `size` bytes, checked: samples present, a plausible
+    rate and length; with the WAV header, the frames it declares."""
+    if info.frames <= 0:
+        raise AudioError(name, "no audio samples")
+    if not MIN_SAMPLE_RATE <= info.samplerate <= MAX_SAMPLE_RATE:
+        raise AudioError(name, f"implausible sample rate {info.samplerate} Hz (corrupt header?)")
+    if info.frames == _UNKNOWN_FRAMES:
+        raise AudioError(name, "unknown length: the header does not count the samples (a streamed FLAC?); re-encode the file")
+    if info.frames * info.channels > MAX_SAMPLES_PER_BYTE * size:
+        raise AudioError(name, f"implausible length: the header claims {info.frames} frames in {size} bytes (corrupt header?)")
     declared = None
     if wav is not None and wav.block_align and not wav.streamed and info.subtype in _PCM_SUBTYPES:
         declared = wav.data_size // wav.block_align
@@ -374,20 +381,9 @@ def bytes_info(data: bytes, name: str = "<bytes>") -> AudioInfo:
         info = sf.info(io.BytesIO(data))
     except Exception as e:
         raise AudioError(name, _why_unreadable(head, wav, _sf_message(e))) from None
-    if info.frames <= 0:
-        raise AudioError(name, "no audio samples")
-    if not MIN_SAMPLE_RATE <= info.samplerate <= MAX_SAMPLE_RATE:
-        raise AudioError(name, f"implausible sample rate {info.samplerate} Hz (corrupt header?)")
-    if info.frames == _UNKNOWN_FRAMES:
-        raise AudioError(name, "unknown length: the header does not count the samples (a streamed FLAC?); re-encode the file")
-    if info.frames * info.channels > MAX_SAMPLES_PER_BYTE * len(data):
-        raise AudioError(name, f"implausible length: the header claims {info.frames} frames in {len(data)} bytes (corrupt header?)")
-    declared = None
-    if wav is not None and wav.block_align and not wav.streamed and info.subtype in _PCM_SUBTYPES:
-        declared = wav.data_size // wav.block_align
-    result = AudioInfo(info.samplerate, info.frames, info.channels, info.subtype, declared)
+    result = _checked_info(name, info, wav, len(data))
     if result.truncated:
-        raise AudioError(name, f"truncated: the header declares {declared} frames, the file holds {info.frames}")
+        raise AudioError(name, f"truncated: the header declares {result.declared_frames} frames, the file holds {info.frames}")
     return result
 
 

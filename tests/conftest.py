@@ -97,20 +97,20 @@ def invoke(*args: object):
 @pytest.fixture(scope="session")
 def trained(tone_corpus: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small model trained on the tone words (about half a minute on 2 cores)."""
-    root = tmp_path_factory.mktemp("exp")
-    config = root / "tones.toml"
-    config.write_text(TONE_CONFIG)
-    exp = root / "exp"
-    invoke("train", config, "--out", exp, "--set", f"data.train={tone_corpus['train']}", "--set", f"data.dev={tone_corpus['dev']}")
-    return exp
+    return train_tones(tmp_path_factory.mktemp("exp"), tone_corpus)
 
 
 @pytest.fixture(scope="session")
 def trained_streaming(tone_corpus: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A streaming model (one-direction LSTM, two frames of look-ahead) trained on the tone words."""
-    root = tmp_path_factory.mktemp("exp_streaming")
+    return train_tones(tmp_path_factory.mktemp("exp_streaming"), tone_corpus, "model.kind=lstm", "model.lookahead=2")
+
+
+def train_tones(root: Path, tone_corpus: dict[str, Path], *overrides: str) -> Path:
+    """`asr train` of TONE_CONFIG with `overrides` (section.key=value) into root/exp."""
     config = root / "tones.toml"
     config.write_text(TONE_CONFIG)
     exp = root / "exp"
-    invoke("train", config, "--out", exp, "--set", f"data.train={tone_corpus['train']}", "--set", f"data.dev={tone_corpus['dev']}", "--set", "model.kind=lstm", "--set", "model.lookahead=2")
+    sets = [f"data.train={tone_corpus['train']}", f"data.dev={tone_corpus['dev']}", *overrides]
+    invoke("train", config, "--out", exp, *[a for s in sets for a in ("--set", s)])
     return exp
