@@ -128,7 +128,8 @@ def abuse_run(url: str, port: int, good: list[tuple[str, bytes]], expected: dict
     runner.start()
     wav = good[0][1]
     noise = io.BytesIO()
-    sf.write(noise, np.random.default_rng(0).standard_normal(int(16000 * max_upload_mb)).astype(np.float32) * 0.1, 16000, format="WAV", subtype="FLOAT")
+    oversized = int(max_upload_mb * 1e6 / 4 * 1.5)  # float samples: 1.5 times the cap
+    sf.write(noise, np.random.default_rng(0).standard_normal(oversized).astype(np.float32) * 0.1, 16000, format="WAV", subtype="FLOAT")
     cases = [
         ("0-byte file", 400, lambda c: post(c, url, b"")[0]),
         ("truncated WAV", 400, lambda c: post(c, url, wav[: len(wav) // 3])[0]),
@@ -191,10 +192,10 @@ def websocket_vanishes(port: int, wav: bytes) -> str:
     from websockets.sync.client import connect
 
     x, sr = sf.read(io.BytesIO(wav), dtype="int16")
-    ws = connect(f"ws://127.0.0.1:{port}/v1/stream", additional_headers={"Authorization": f"Bearer {KEY}"})
-    ws.send(json.dumps({"type": "start", "sample_rate": sr}))
-    ws.send(x[: len(x) // 2].tobytes())
-    ws.socket.close()  # gone without a close frame
+    with connect(f"ws://127.0.0.1:{port}/v1/stream", additional_headers={"Authorization": f"Bearer {KEY}"}) as ws:
+        ws.send(json.dumps({"type": "start", "sample_rate": sr}))
+        ws.send(x[: len(x) // 2].tobytes())
+        ws.socket.close()  # gone without a close frame
     time.sleep(1.0)
     ok = httpx.get(f"http://127.0.0.1:{port}/health", timeout=10).status_code == 200
     return "server unharmed" if ok else "server unhealthy"
@@ -206,6 +207,8 @@ def main() -> None:
     parser.add_argument("--manifest", type=Path, required=True, help="JSONL manifest of the files to send (id, audio).")
     parser.add_argument("--clients", default="1,4,16")
     parser.add_argument("--threads", type=int, default=0, help="torch threads of the baseline and the server (0: torch's default).")
+    parser.add_argument("--lm", type=Path, help="n-gram LM for a beam search, in the baseline and the server alike (with --lexicon).")
+    parser.add_argument("--lexicon", type=Path)
     args = parser.parse_args()
 
     import torch
@@ -224,18 +227,20 @@ def main() -> None:
     files = [(u.id, Path(u.audio).read_bytes()) for u in utts]
     audio_seconds = sum(audio_info(u.audio).duration for u in utts)
     model = asr.load_model(args.model)
-    decoder = decoder_for(model, resolve_options(model.cfg.decode))
+    decoder = decoder_for(model, resolve_options(model.cfg.decode, lm=args.lm, lexicon=args.lexicon))
     t0 = time.perf_counter()
     baseline = {r.id: r.text for r in decode_items(model, items, decoder, progress=False)}
     base_wall = time.perf_counter() - t0
     base_tput = audio_seconds / base_wall
     del model
-    print(f"files: {len(items)}, {audio_seconds:.1f} s of audio; torch threads {torch.get_num_threads()}")
+    search = f"beam search with {args.lm} and speed views {decoder.speeds}" if args.lm else "greedy"
+    print(f"files: {len(items)}, {audio_seconds:.1f} s of audio; torch threads {torch.get_num_threads()}; {search}")
     print(f"asr decode (one process, batched): {base_wall:.2f} s, {base_tput:.1f} audio s per s")
 
     port = free_port()
     max_upload_mb, body_timeout = 2.0, 3.0
     extra = ["--max-upload-mb", str(max_upload_mb), "--body-timeout", str(body_timeout)] + (["--threads", str(args.threads)] if args.threads else [])
+    extra += ["--lm", str(args.lm), "--lexicon", str(args.lexicon)] if args.lm else []
     proc = start_server(args.model, port, extra)
     url = f"http://127.0.0.1:{port}/v1/audio/transcriptions"
     try:

@@ -29,7 +29,7 @@ def serve_cmd(
     port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
     api_key: Annotated[str | None, typer.Option(help="Require Authorization: Bearer KEY on every route but /health and the page (default: $ASR_API_KEY; none when unset).")] = None,
     max_upload_mb: Annotated[float, typer.Option(help="Largest request body in MB; larger ones get 413 before they are read.")] = 25.0,
-    workers: Annotated[int, typer.Option(help="Threads running the model.")] = 1,
+    workers: Annotated[int, typer.Option(help="Threads running the model (0: one per CPU core, at most 8).")] = 0,
     queue_size: Annotated[int, typer.Option(help="Recordings waiting for the model before requests get 503.")] = 64,
     max_batch: Annotated[int, typer.Option(help="Recordings decoded together in one batch.")] = 16,
     request_timeout: Annotated[float, typer.Option(help="Seconds a transcription may take (504 after).")] = 300.0,
@@ -45,7 +45,7 @@ def serve_cmd(
     word_score: WordScore = None,
     decoder_config: DecoderConfig = None,
     device: Annotated[str, typer.Option(help="auto (CUDA when present), cpu or cuda.")] = "cpu",
-    threads: Annotated[int, typer.Option(help="CPU threads for torch (0: torch's default).")] = 0,
+    threads: Annotated[int, typer.Option(help="CPU threads for torch (0: the cores shared out among the workers).")] = 0,
 ) -> None:
     """Serve the model over HTTP (OpenAI-compatible /v1/audio/transcriptions, /v1/models, /health),
     a WebSocket for live recognition (/v1/stream) and a browser page (/)."""
@@ -54,11 +54,15 @@ def serve_cmd(
 
     if not 0 < port < 65536:
         raise typer.BadParameter(f"port must be 1-65535, got {port}", param_hint="--port")
-    if max_upload_mb <= 0 or workers < 1 or queue_size < 1 or max_batch < 1:
-        raise typer.BadParameter("--max-upload-mb must be positive and --workers, --queue-size, --max-batch at least 1")
+    if max_upload_mb <= 0 or workers < 0 or queue_size < 1 or max_batch < 1:
+        raise typer.BadParameter("--max-upload-mb must be positive, --workers at least 0 and --queue-size, --max-batch at least 1")
     if not model.exists():
         raise fail(f"{model}: no such model file")
-    set_threads(threads)
+    # Workers run batches side by side, each on torch threads of its own share of the cores:
+    # intra-op threads beyond that only contend with the other workers and the HTTP threads.
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    workers = workers or min(cores, 8)
+    set_threads(threads or max(1, cores // workers))
     try:
         acoustic = load_model(model, device)
         options = decode_options(acoustic, beam, beam_size, beam_threshold, lexicon, lm, lm_weight, word_score, decoder_config)
