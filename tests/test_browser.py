@@ -92,3 +92,59 @@ def fake_microphone_file(path: Path, words: list[str]) -> Path:
     x = tone_utterance(words, np.random.default_rng(3))
     sf.write(path, np.concatenate([x, np.zeros(3 * SR, np.float32)]), SR, subtype="PCM_16")
     return path
+
+
+@pytest.fixture(scope="module")
+def streaming_server(trained_streaming: Path):
+    """A real uvicorn server with the streaming tone model, no API key."""
+    import threading
+    import time
+
+    import uvicorn
+
+    import asr
+    from asr.server import ServerConfig, create_app
+    from tests.test_server import _free_port
+
+    port = _free_port()
+    app = create_app(asr.load_model(trained_streaming / "best.pt"), config=ServerConfig(port=port), name="tones-live")
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 20
+    while not server.started and time.time() < deadline:
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(10)
+
+
+def test_page_records_the_fake_microphone_and_shows_the_live_transcript(streaming_server, tmp_path: Path) -> None:
+    """Chromium's fake microphone plays a WAV of tone words (looped); the page streams it over
+    the WebSocket and shows partial and final results of words the model knows."""
+    import time
+
+    from selenium.webdriver.common.by import By
+
+    from tests.conftest import WORDS
+
+    mic = fake_microphone_file(tmp_path / "mic.wav", ["CAB", "DAD", "BAD"])
+    driver = _browser(fake_audio=mic)
+    try:
+        driver.get(streaming_server + "/")
+        assert "tones-live" in _text_of(driver, "model")
+        assert driver.find_element(By.ID, "live-note").text == ""  # the model can stream
+        driver.find_element(By.ID, "record").click()
+        seen: set[str] = set()
+        deadline = time.time() + 40
+        while time.time() < deadline and not driver.find_element(By.ID, "live-final").text.strip():
+            seen.add(driver.find_element(By.ID, "live-partial").text.strip())
+            time.sleep(0.05)
+        final = driver.find_element(By.ID, "live-final").text.split()
+        driver.find_element(By.ID, "stop").click()
+        assert final, f"no final result; partials seen: {sorted(seen)}"
+        letters = "".join(final)  # the small tone model may run two words together
+        assert set(letters) <= set("".join(WORDS)) and any(w in letters for w in ("CAB", "DAD", "BAD")), final
+        assert any(p for p in seen), "no partial result was shown before the final"
+    finally:
+        driver.quit()
