@@ -192,6 +192,7 @@ def transcribe(
     *,
     decoder: Decoder | None = None,
     word_times: bool = True,
+    segmenter: str | None = None,
 ) -> Transcript:
     """Transcribe one recording of any length.
 
@@ -204,7 +205,8 @@ def transcribe(
     Recordings up to LONG_AUDIO_SECONDS are decoded whole; longer ones are cut at pauses into
     segments of at most that length (`asr.segment`), decoded one by one and joined, with word
     times in the recording's time. A path is then read block by block, so memory does not grow
-    with the file's length.
+    with the file's length. `segmenter` finds the pauses: "energy" or "silero" (Silero VAD);
+    default `asr.segment.DEFAULT_SEGMENTER`.
     """
     from asr.decode import load_model
 
@@ -218,7 +220,7 @@ def transcribe(
 
         info = audio_info(audio)
         if info.duration > LONG_AUDIO_SECONDS:
-            return transcribe_long(model, audio, info, options, decoder, word_times)
+            return transcribe_long(model, audio, info, options, decoder, word_times, segmenter=segmenter)
     a = read_audio(audio, sample_rate, sr)
     if a.duration <= LONG_AUDIO_SECONDS:
         result = recognize(model, [a], options, decoder=decoder, word_times=word_times)[0]
@@ -227,17 +229,20 @@ def transcribe(
     from asr.segment import segment_stream
 
     blocks = (a.samples[i : i + sr] for i in range(0, len(a.samples), sr))
-    segments = segment_stream(blocks, sr, sr, max_seconds=LONG_AUDIO_SECONDS)
+    segments = segment_stream(blocks, sr, sr, max_seconds=LONG_AUDIO_SECONDS, segmenter=segmenter)
     return _join(model, segments, a.duration, a.source_rate, options, decoder, word_times, t0)
 
 
-def transcribe_long(model: Any, path: str | Path, info: Any, options: DecodeOptions, decoder: Decoder, word_times: bool = True) -> Transcript:
+def transcribe_long(
+    model: Any, path: str | Path, info: Any, options: DecodeOptions, decoder: Decoder, word_times: bool = True, *, segmenter: str | None = None
+) -> Transcript:
     """A file longer than LONG_AUDIO_SECONDS whose header (`asr.audio.audio_info`) the caller
-    has read: read block by block, cut at pauses, decoded segment by segment and joined."""
+    has read: read block by block, cut at pauses (`segmenter`, as `transcribe`), decoded
+    segment by segment and joined."""
     from asr.segment import iter_segments
 
     t0 = time.perf_counter()
-    segments = iter_segments(path, model.cfg.features.sample_rate, max_seconds=LONG_AUDIO_SECONDS)
+    segments = iter_segments(path, model.cfg.features.sample_rate, max_seconds=LONG_AUDIO_SECONDS, segmenter=segmenter)
     return replace(_join(model, segments, info.duration, info.sample_rate, options, decoder, word_times, t0), path=os.fspath(path))
 
 
