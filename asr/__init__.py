@@ -16,6 +16,7 @@ from asr.decode import load_model
 from asr.inference import Transcript, transcribe
 from asr.options import DecodeOptions, resolve_options
 from asr.scoring import score, score_files
+from asr.stream import stream as stream
 from asr.train import train
 
 __version__ = "0.1.0"

@@ -32,6 +32,7 @@ from cli.common import set_threads as _threads
 from cli.common import warn as _warn
 from cli.lab import inspect_cmd, lab_app
 from cli.serve import serve_cmd
+from cli.stream import stream_cmd
 
 app = typer.Typer(
     name="asr",
@@ -46,6 +47,7 @@ recipe_app = typer.Typer(help="Run a recipe: prepare -> train -> decode -> score
 app.add_typer(recipe_app, name="recipe")
 app.add_typer(lab_app, name="lab")
 app.command("inspect")(inspect_cmd)
+app.command("stream")(stream_cmd)
 app.command("serve")(serve_cmd)
 
 Overrides = Annotated[list[str] | None, typer.Option("--set", help="Override a config value: section.key=value (repeatable).")]
