@@ -311,12 +311,16 @@ def run_endpointing(model: Any, options: Any, joined: Joined, chunk_seconds: flo
     keys = [f"{i:04d}-{uid}" for i, uid in enumerate(joined.ids)]
     refs = dict(zip(keys, joined.texts, strict=True))
     hyps = {k: " ".join(w) for k, w in zip(keys, words, strict=True)}
+    # The control: each utterance's stretch of the file streamed alone, by a fresh stream.
+    rate = joined.rate
+    alone = {k: run_stream(model, options, joined.samples[int(a * rate) : int(b * rate)], rate, chunk_seconds, endpoint=endpoint).text for k, (a, b) in zip(keys, joined.regions, strict=True)}
 
     def part(sel: Sequence[bool]) -> dict[str, Any]:
         ks = [k for k, s in zip(keys, sel, strict=True) if s]
         s = score({k: refs[k] for k in ks}, {k: hyps[k] for k in ks})
+        s_alone = score({k: refs[k] for k in ks}, {k: alone[k] for k in ks})
         one = sum(o for o, s2 in zip(ok, sel, strict=True) if s2)
-        return {"utterances": len(ks), "one_final": one, "share": 100.0 * one / max(1, len(ks)), "wer": s.wer, "words": s.ref_words}
+        return {"utterances": len(ks), "one_final": one, "share": 100.0 * one / max(1, len(ks)), "wer": s.wer, "wer_alone": s_alone.wer, "words": s.ref_words}
 
     return {
         "seconds": r.audio,
@@ -358,6 +362,8 @@ def cmd_run(args: argparse.Namespace) -> None:
     utts = spread(load_utts(args.manifest, rate), args.limit)
     print(f"{len(utts)} utterances, {sum(u.duration for u in utts) / 60:.1f} min; aligning the references with {args.align_model}", file=sys.stderr)
     ends = reference_word_ends(load_model(args.align_model), utts)
+    own = reference_word_ends(model, utts)  # the same references aligned with the streaming model's own outputs
+    shift = np.concatenate([np.subtract(own[u.id], ends[u.id]) for u in utts]) * 1000
     greedy = resolve_options(model.cfg.decode, beam=False)
     modes = [("greedy", greedy)]
     if args.lm or args.lexicon:
@@ -392,11 +398,13 @@ def cmd_run(args: argparse.Namespace) -> None:
         "model": str(args.model),
         "kind": model.cfg.model.kind,
         "lookahead_ms": round(online.lookahead_seconds * 1000),
+        "emission_shift_ms": [round(float(shift.mean())), round(float(np.median(shift)))],
         "chunk_ms": args.chunk_ms,
         "threads": args.threads,
         "modes": {r.mode: {k: v for k, v in r.__dict__.items() if k != "hyps"} for r in results + ([wall] if wall else [])},
         "endpointing": endpointing,
         "snr_db": args.snr_db,
+        "noisy_share": args.noisy_share,
         "realtime_files": len(subset) if wall else 0,
     }
     print(markdown(summary))
@@ -411,7 +419,10 @@ def command_line() -> str:
 
 def markdown(s: dict[str, Any]) -> str:
     modes = s["modes"]
-    lines = [f"Model {s['model']} ({s['kind']}, encoder look-ahead {s['lookahead_ms']} ms), pieces of {s['chunk_ms']:g} ms, {s['threads']} torch thread(s)."]
+    lines = [
+        f"Model {s['model']} ({s['kind']}, encoder look-ahead {s['lookahead_ms']} ms), pieces of {s['chunk_ms']:g} ms, {s['threads']} torch thread(s).",
+        f"Word ends in the model's own forced alignment of the references minus the offline model's: mean {s['emission_shift_ms'][0]} ms, median {s['emission_shift_ms'][1]} ms.",
+    ]
     if modes:
         lines += ["", "| decoding | WER % | CER % | sub / del / ins | latency median ms | latency p90 ms | words timed | RTF |", "|---|---|---|---|---|---|---|---|"]
     for name, m in modes.items():
@@ -420,12 +431,18 @@ def markdown(s: dict[str, Any]) -> str:
             f"| {name} ({what}) | {m['wer']:.2f} | {m['cer']:.2f} | {'/'.join(map(str, m['errors']))} | {m['latency'][0]:.0f} | {m['latency'][1]:.0f} | {m['words_timed']} | {m['rtf']:.4f} |"
         )
     if s["endpointing"]:
-        lines += ["", "| endpointing | utterances | in exactly one final | WER % | clean: one final, WER % | noisy: one final, WER % | finals | RTF |", "|---|---|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            "| endpointing | utterances | in exactly one final | WER % (each stretch alone) | clean: one final, WER % (alone) | noisy: one final, WER % (alone) | finals | RTF |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        noise = f"a third with noise at {s['snr_db']:g} dB" if s["noisy_share"] > 0 else "no noise"
+        noise = noise if abs(s["noisy_share"] - 1 / 3) < 1e-3 or s["noisy_share"] == 0 else f"{100 * s['noisy_share']:.0f}% with noise at {s['snr_db']:g} dB"
         for name, e in s["endpointing"].items():
             a, c, n = e["all"], e["clean"], e["noisy"]
             lines.append(
-                f"| {name}; {e['seconds'] / 60:.1f} min, noise at {s['snr_db']:g} dB | {a['utterances']} | {a['one_final']} ({a['share']:.1f}%) | {a['wer']:.2f} | "
-                f"{c['one_final']}/{c['utterances']}, {c['wer']:.2f} | {n['one_final']}/{n['utterances']}, {n['wer']:.2f} | {e['finals']} | {e['rtf']:.4f} |"
+                f"| {name}; {e['seconds'] / 60:.1f} min, {noise} | {a['utterances']} | {a['one_final']} ({a['share']:.1f}%) | {a['wer']:.2f} ({a['wer_alone']:.2f}) | "
+                f"{c['one_final']}/{c['utterances']}, {c['wer']:.2f} ({c['wer_alone']:.2f}) | {n['one_final']}/{n['utterances']}, {n['wer']:.2f} ({n['wer_alone']:.2f}) | {e['finals']} | {e['rtf']:.4f} |"
             )
     return "\n".join(lines)
 
@@ -467,20 +484,25 @@ def cmd_plot(args: argparse.Namespace) -> None:
 
     points = [recipe_point(e) for e in args.exps]
     uni = sorted((p for p in points if math.isfinite(p.ahead_ms) and p.kind != "lcblstm"), key=lambda p: p.ahead_ms)
-    fig = Figure(figsize=(7, 4.2), layout="constrained")
+    chunked = [p for p in points if p.kind == "lcblstm"]
+    fig = Figure(figsize=(11, 4.4), layout="constrained")
     ax = fig.add_subplot()
+    markers = "sD^v"
     for attr, color, name in (("greedy", "tab:blue", "greedy"), ("lm", "tab:orange", "lexicon + 3-gram LM")):
         if uni:
-            ax.plot([p.ahead_ms for p in uni], [getattr(p, attr) for p in uni], "o-", color=color, label=f"lstm, {name}")
+            ax.plot([p.ahead_ms for p in uni], [getattr(p, attr) for p in uni], "o-", color=color, label=f"lstm + look-ahead, {name}")
+        for k, p in enumerate(chunked):
+            y = getattr(p, attr)
+            xerr = [[p.ahead_ms - p.span_ms[0]], [p.span_ms[1] - p.ahead_ms]]
+            ax.errorbar([p.ahead_ms], [y], xerr=xerr, fmt=markers[k % len(markers)], color=color, capsize=4, label=f"{p.label} (mean wait; bar: least to longest), {name}")
         for p in points:
-            if p.kind == "lcblstm":
-                ax.errorbar([p.ahead_ms], [getattr(p, attr)], xerr=[[p.ahead_ms - p.span_ms[0]], [p.span_ms[1] - p.ahead_ms]], fmt="s", color=color, capsize=4, label=f"{p.label}, {name}")
-            elif not math.isfinite(p.ahead_ms):
-                ax.axhline(getattr(p, attr), color=color, ls="--", lw=1, label=f"{p.label} (whole utterance), {name}")
-    ax.set_xlabel("look-ahead, ms of audio after a frame before its output is final")
+            if not math.isfinite(p.ahead_ms):
+                ax.axhline(getattr(p, attr), color=color, ls="--", lw=1, label=f"{p.label}: waits for the end of the utterance, {name}")
+    ax.set_xlabel("look-ahead: ms of audio after a frame before its output is final")
     ax.set_ylabel("AN4 test WER %")
+    ax.set_ylim(bottom=0)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    fig.legend(loc="outside right center", fontsize=8)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(args.out, format="png", dpi=100)
     for p in points:
