@@ -209,6 +209,7 @@ class BeamSearch:
 class _BeamOnline:
     def __init__(self, search: BeamSearch, decoder: Any):
         self.search, self.decoder, self.frames, self.done = search, decoder, 0, False
+        self.greedy: list[int] = []  # the most likely token of every frame stepped
         decoder.decode_begin()
 
     def step(self, log_probs: torch.Tensor) -> None:
@@ -216,13 +217,20 @@ class _BeamOnline:
             raise RuntimeError("this online search has ended")
         if len(log_probs):
             self.decoder.decode_step(log_probs.detach().float().cpu().contiguous())
+            self.greedy += log_probs.argmax(-1).tolist()
             self.frames += len(log_probs)
 
     def partial(self) -> Hypothesis:
         if self.frames == 0:
             return Hypothesis("", 0.0, [])
+        # flashlight's best hypothesis mid-utterance reaches only to the last word the search
+        # has committed to (with a lexicon, a word is committed once the path has left it): the
+        # frames after it are shown with the acoustic model's own best tokens, so a word shows
+        # as soon as it is spoken instead of a word later. The final is the search's alone.
         best = self.decoder.decoder.get_best_hypothesis(0)
-        return self.search._hypothesis(best.tokens, [self.search.word_dict.get_entry(w) for w in best.words if w >= 0], best.score)
+        path = list(best.tokens)[1:]  # one token per frame after the start state
+        frames = path + self.greedy[len(path) :]
+        return self.search._hypothesis(self.decoder._get_tokens(frames), [], best.score)
 
     def end(self) -> list[Hypothesis]:
         if not self.done:

@@ -40,7 +40,8 @@ class FeatureConfig:
 
 @dataclass
 class AugmentConfig:
-    """SpecAugment masks, applied to training batches only."""
+    """Training data augmentation: SpecAugment masks on batches, speed perturbation and
+    additive noise on the audio."""
 
     freq_masks: int = 2
     freq_width: int = 15  # maximum width of each frequency mask, in bins
@@ -50,6 +51,11 @@ class AugmentConfig:
     # Speed perturbation (Kaldi's 0.9/1.0/1.1): every epoch draws one of these speeds per training
     # utterance; the features of each speed are computed once and cached. [1.0]: off.
     speeds: list[float] = field(default_factory=lambda: [1.0])
+    # Additive noise ([low, high] SNR in dB; []: off): every training utterance, at every speed,
+    # also gets one copy with white, pink or brown noise at an SNR drawn from the range (both
+    # drawn once per utterance, `asr.noise`), cached like the speeds; every epoch then draws
+    # the clean or the noisy copy with equal chance.
+    noise_snr: list[float] = field(default_factory=list)
 
 
 CMVN_KINDS = ("global", "utterance")
@@ -195,7 +201,12 @@ def set_value(cfg: Config, dotted: str, value: Any, where: str = "config") -> No
     types = {f.name: f.type for f in fields(obj)}
     if key not in types:
         raise ConfigError(f"{where}: unknown key '{dotted}' (known: {', '.join(types)})")
-    value = _coerce(value, types[key], f"{where}: {dotted}")
+    if dotted == "augment.noise_snr" and value == []:
+        value = []  # off
+    else:
+        value = _coerce(value, types[key], f"{where}: {dotted}")
+    if dotted == "augment.noise_snr" and value and (len(value) != 2 or value[0] > value[1]):
+        raise ConfigError(f"{where}: augment.noise_snr must be [low, high] in dB with low <= high, or [] (off), got {value}")
     if dotted == "model.kind":
         from asr.encoders import encoder_class  # the registry of model families imports this module
 

@@ -9,7 +9,7 @@ import math
 import os
 import sys
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
@@ -55,9 +55,14 @@ def speed_perturb(wav: np.ndarray, sample_rate: int, speed: float) -> np.ndarray
     return resample(wav, round(sample_rate * speed), sample_rate) if speed != 1.0 else wav
 
 
-def compute_features(utts: list[Utterance], cfg: FeatureConfig, desc: str = "features", speed: float = 1.0) -> FeatureSet:
-    """Read every utterance's audio (speed-perturbed by `speed`) and extract features;
+def compute_features(
+    utts: list[Utterance], cfg: FeatureConfig, desc: str = "features", speed: float = 1.0, noise_snr: tuple[float, float] | None = None
+) -> FeatureSet:
+    """Read every utterance's audio (speed-perturbed by `speed`, then with its noisy copy's noise
+    at an SNR in `noise_snr` dB, `asr.noise.noisy_copy`, when given) and extract features;
     unreadable audio is reported, not fatal."""
+    from asr.noise import noisy_copy
+
     extractor = FeatureExtractor(cfg)
     kept, chunks, failed = [], [], []
     with one_thread():
@@ -69,19 +74,25 @@ def compute_features(utts: list[Utterance], cfg: FeatureConfig, desc: str = "fea
                 print(f"warning: {e} (skipped)", file=sys.stderr)
                 continue
             kept.append(u)
-            chunks.append(extractor(torch.from_numpy(speed_perturb(wav, cfg.sample_rate, speed))).numpy())
+            wav = speed_perturb(wav, cfg.sample_rate, speed)
+            if noise_snr is not None:
+                wav = noisy_copy(wav, u.id, noise_snr)
+            chunks.append(extractor(torch.from_numpy(wav)).numpy())
     lengths = [len(c) for c in chunks]
     dim = extractor.dim
     feats = np.concatenate(chunks) if chunks else np.zeros((0, dim), np.float32)
     return FeatureSet(kept, feats, np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64), failed)
 
 
-def load_features(manifest: str | Path, utts: list[Utterance], cfg: FeatureConfig, cache: bool = True, speed: float = 1.0) -> FeatureSet:
+def load_features(
+    manifest: str | Path, utts: list[Utterance], cfg: FeatureConfig, cache: bool = True, speed: float = 1.0, noise_snr: tuple[float, float] | None = None
+) -> FeatureSet:
     """Features for a manifest, cached in `<manifest dir>/.feats/`; the cache key covers the
-    manifest's content, the feature configuration and the speed, so a change to any recomputes."""
+    manifest's content, the feature configuration, the speed and the noise, so a change to any
+    recomputes."""
     manifest = Path(manifest)
     settings = {k: v for k, v in asdict(cfg).items() if k != "cmvn"}  # applied after the cache
-    keyed = [[asdict(u) for u in utts], settings] + ([speed] if speed != 1.0 else [])
+    keyed = [[asdict(u) for u in utts], settings] + ([speed] if speed != 1.0 else []) + ([["noise", *noise_snr]] if noise_snr else [])
     key = hashlib.sha1(json.dumps(keyed, sort_keys=True).encode()).hexdigest()[:16]
     base = manifest.parent / ".feats" / f"{manifest.stem}-{key}"
     if cache and base.with_suffix(".json").exists():
@@ -89,7 +100,8 @@ def load_features(manifest: str | Path, utts: list[Utterance], cfg: FeatureConfi
         by_id = {u.id: u for u in utts}
         feats = np.load(base.with_suffix(".npy"), mmap_mode="c")
         return FeatureSet([by_id[i] for i in meta["ids"]], feats, np.asarray(meta["offsets"], np.int64), [tuple(f) for f in meta["failed"]])
-    fs = compute_features(utts, cfg, desc=f"features {manifest.stem}" + (f" x{speed:g}" if speed != 1.0 else ""), speed=speed)
+    desc = f"features {manifest.stem}" + (f" x{speed:g}" if speed != 1.0 else "") + (" noisy" if noise_snr else "")
+    fs = compute_features(utts, cfg, desc=desc, speed=speed, noise_snr=noise_snr)
     if cache:
         try:
             base.parent.mkdir(parents=True, exist_ok=True)
@@ -159,7 +171,8 @@ def subsampled_length(n_frames: int, stack: int) -> int:
 
 class Key(NamedTuple):
     """One example of the training data: utterance `utt` (its position among the usable
-    utterances) played at speed `speed` (a position in `TrainData.speeds`)."""
+    utterances) in version `speed` of it (a position in `TrainData.speeds`: a speed, and with
+    `TrainData.noisy`, clean or noisy)."""
 
     utt: int
     speed: int = 0
@@ -178,16 +191,20 @@ class Batch:
 
 @dataclass
 class TrainData:
-    """Features and targets of a manifest's usable utterances: one feature set per speed of
-    `speeds`, each holding the same utterances in the same order. An example is a `Key`."""
+    """Features and targets of a manifest's usable utterances: versions of every utterance (a
+    speed of `speeds`; clean, or noisy where `noisy` says so), each feature set holding the same
+    utterances in the same order. An example is a `Key`."""
 
-    versions: list[FeatureSet]  # versions[k]: every utterance at speeds[k]
+    versions: list[FeatureSet]  # versions[k]: every utterance at speeds[k] (with noise if noisy[k])
     targets: list[list[int]]  # token ids, one list per utterance
     speeds: list[float]
+    noisy: list[bool] = field(default_factory=list)  # empty: all clean
 
     def __post_init__(self) -> None:
-        if len(self.versions) != len(self.speeds) or any(len(v) != len(self.targets) for v in self.versions):
-            raise ValueError("TrainData: one feature set per speed, each with one entry per target")
+        if not self.noisy:
+            self.noisy = [False] * len(self.speeds)
+        if len(self.versions) != len(self.speeds) or len(self.noisy) != len(self.speeds) or any(len(v) != len(self.targets) for v in self.versions):
+            raise ValueError("TrainData: one feature set per version (speed, noise), each with one entry per target")
 
     @property
     def n(self) -> int:
@@ -200,9 +217,10 @@ class TrainData:
 
     @property
     def plain(self) -> int:
-        """The speed that evaluation, normalisation statistics and the epoch-size estimate use:
-        1.0, or the first speed when 1.0 is not among them."""
-        return self.speeds.index(1.0) if 1.0 in self.speeds else 0
+        """The version that evaluation, normalisation statistics and the epoch-size estimate
+        use: clean at 1.0, or the first clean speed when 1.0 is not among them."""
+        clean = [k for k, noisy in enumerate(self.noisy) if not noisy]
+        return next((k for k in clean if self.speeds[k] == 1.0), clean[0])
 
     def __getitem__(self, key: Key) -> torch.Tensor:
         """The (frames, dim) features of one example."""
@@ -218,7 +236,8 @@ class TrainData:
         return [Key(i, self.plain) for i in range(self.n)]
 
     def epoch_keys(self, generator: torch.Generator | None) -> list[Key]:
-        """Every utterance once: at a speed drawn from `generator` for each, or without one at the plain speed."""
+        """Every utterance once: in a version (speed, noise) drawn from `generator` for each, or
+        without one in the plain version."""
         if len(self.speeds) == 1 or generator is None:
             return self.plain_keys()
         drawn = torch.randint(len(self.speeds), (self.n,), generator=generator).tolist()
@@ -258,8 +277,16 @@ def prepare_data(
     speeds = cfg.augment.speeds if training else [1.0]
     if any(not 0.5 <= s <= 2.0 for s in speeds) or len(set(speeds)) < len(speeds):
         raise ConfigError(f"augment.speeds must be distinct factors between 0.5 and 2.0, got {speeds}")
+    snr = cfg.augment.noise_snr if training else []
+    if snr and (len(snr) != 2 or snr[0] > snr[1]):
+        raise ConfigError(f"augment.noise_snr must be [low, high] in dB, low <= high, or [] (off), got {snr}")
     utts = read_manifest(manifest)
     versions = [load_features(manifest, utts, cfg.features, speed=s) for s in speeds]
+    noisy = [False] * len(speeds)
+    if snr:
+        versions += [load_features(manifest, utts, cfg.features, speed=s, noise_snr=(float(snr[0]), float(snr[1]))) for s in speeds]
+        noisy += [True] * len(speeds)
+        speeds = list(speeds) * 2
     features = versions[0]
     tok = tokenizer or Tokenizer.from_texts(u.text for u in features.utts)
     keep, targets, dropped = [], [], {}
@@ -285,7 +312,7 @@ def prepare_data(
     if not keep:
         raise ConfigError(f"{manifest}: no usable utterances")
     versions = [v.subset(keep) if len(keep) < len(v) else v for v in versions]
-    return TrainData(versions, targets, list(speeds))
+    return TrainData(versions, targets, list(speeds), noisy)
 
 
 def _log(msg: str) -> None:

@@ -235,12 +235,14 @@ def transcribe(
     batch_frames: int | None = None,
     progress: bool = False,
     rate_check: SampleRateCheck | None = None,
+    segmenter: str | None = None,
 ) -> Iterator[Transcript]:
     """Transcribe audio files, in input order, one `Transcript` each (`error` set for a file that
     could not be used). Files up to LONG_AUDIO_SECONDS are decoded in length-bucketed batches of
-    up to 64 files (`asr.inference.recognize`); longer ones are split at pauses and decoded
-    segment by segment (`asr.inference.transcribe`), so memory does not grow with the file's
-    length. With `timestamps`, each word gets start, end and confidence.
+    up to 64 files (`asr.inference.recognize`); longer ones are split at pauses found by
+    `segmenter` (`asr.segment.SEGMENTERS`; None: the default) and decoded segment by segment
+    (`asr.inference.transcribe`), so memory does not grow with the file's length. With
+    `timestamps`, each word gets start, end and confidence.
 
     Files sampled below the model's rate are transcribed and counted: once every file is done,
     one warning on stderr says how many (`asr.audio.SampleRateCheck`); with `rate_check`, they
@@ -272,7 +274,7 @@ def transcribe(
             continue
         yield from flush()
         try:
-            yield transcribe_long(model, p, info, options, decoder, timestamps)
+            yield transcribe_long(model, p, info, options, decoder, timestamps, segmenter=segmenter)
         except AudioError as e:
             yield Transcript(path=p, error=e.reason)
     yield from flush()

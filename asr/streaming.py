@@ -87,6 +87,18 @@ class OnlineEmissions:
     def vocab(self) -> int:
         return self.net.output.out_features
 
+    def reset(self, frame: int = 0) -> None:
+        """Start afresh, as at the beginning of a stream: the encoder's state, the feature
+        extraction and the frames not yet stacked are dropped. The next `accept` takes audio
+        from output frame `frame` on (its first sample at frame * frame_seconds), and `frames`
+        counts on from `frame`."""
+        self.features = OnlineFeatures(self.recognizer.extractor)
+        self._pending = self._pending[:0]
+        with torch.no_grad():
+            self._state = self.encoder.init_state(1, self.device)
+        self.frames = frame
+        self.finished = False
+
     def accept(self, samples: np.ndarray | torch.Tensor) -> torch.Tensor:
         """The next samples (n,) float32 at `sample_rate` (any n, 0 included) -> log-probabilities
         (n_new, vocab) float32 on the CPU of the output frames that are final now (maybe none)."""

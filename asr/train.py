@@ -417,7 +417,11 @@ def _summary(run: Run, first_batches: list[list[Key]]) -> str:
     """One line on the data, the model and the schedule."""
     data, dev, speeds = run.train_data, run.dev_data, run.train_data.speeds
     hours = data.lengths(data.plain_keys()).sum() / 100 / 3600
-    speed_note = f", speeds {'/'.join(f'{x:g}' for x in speeds)}" if len(speeds) > 1 else ""
+    distinct = sorted(set(speeds))
+    speed_note = f", speeds {'/'.join(f'{x:g}' for x in distinct)}" if len(distinct) > 1 else ""
+    if any(data.noisy):
+        lo, hi = run.cfg.augment.noise_snr
+        speed_note += f", noisy copies at {lo:g}-{hi:g} dB SNR"
     return (
         f"train: {data.n} utts, {hours:.2f} h{speed_note}; "
         f"dev: {f'{dev.n} utts' if dev else 'none (no per-epoch WER)'}; tokens: {len(run.tokenizer)}; "

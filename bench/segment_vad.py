@@ -109,6 +109,7 @@ def main() -> int:
         print(f"skipped: no AN4 corpus at {args.data}")
         return 0
     import asr
+    from asr.segment import SEGMENTERS
 
     model = asr.load_model(args.model)
     path, words, utterances = build(model, args.data, args.out, args.seed, args.snr)
@@ -116,7 +117,7 @@ def main() -> int:
     print(f"{path}: {info.frames / info.samplerate / 60:.1f} min, {len(utterances)} utterances, {len(words)} words; every other utterance at {args.snr:g} dB SNR (seed {args.seed})")
     print("| segmenter | segments | cuts in words | words lost | WER % | WER % clean | WER % noisy | seconds |")
     print("|---|---|---|---|---|---|---|---|")
-    for name in ("energy", "silero"):
+    for name in SEGMENTERS:
         r = measure(model, path, words, utterances, name)
         print(f"| {name} | {r['segments']} | {r['cuts in words']} | {r['words lost']} | {r['WER %']:.2f} | {r['clean']:.2f} | {r['noisy']:.2f} | {r['seconds']:.1f} |")
     return 0

@@ -26,11 +26,13 @@ markdown table:
   utterances with pink noise at 10 dB SNR (--snr-db, against the utterance's mean power) under
   them and over the half-pauses on either side; the file (written as 16-bit WAV in a temporary
   folder and read back) is streamed as one, with the endpoint rules' thresholds --rule1, --rule2
-  (several values: a row each) and --rule3. Each final word goes to the utterance whose stretch
-  of the file (from the middle of the pause before it to the middle of the pause after) holds the
-  word's middle; an utterance "ends up in exactly one final" when its words are in one final and
-  that final holds no word of another utterance. Reported: that share, the WER of the finals per
-  utterance, and the same for the clean and the noisy utterances.
+  (several values: a row each) and --rule3; the model starts afresh at each endpoint, as `asr
+  stream` does, or with --keep-state carries its state on. Each final word goes to the utterance
+  whose stretch of the file (from the middle of the pause before it to the middle of the pause
+  after) holds the word's middle; an utterance "ends up in exactly one final" when its words are
+  in one final and that final holds no word of another utterance. Reported: that share, the WER
+  of the finals per utterance (and of each utterance's stretch streamed alone), and the same for
+  the clean and the noisy utterances.
 
 --parts runs only some of the three passes (accuracy: WER, audio-time latency and RTF; realtime;
 endpoint).
@@ -126,13 +128,13 @@ class StreamRun:
         return " ".join(f.text for f in self.finals if f.text)
 
 
-def run_stream(model: Any, options: Any, samples: np.ndarray, rate: int, chunk_seconds: float, realtime: bool = False, endpoint: Any = None) -> StreamRun:
+def run_stream(model: Any, options: Any, samples: np.ndarray, rate: int, chunk_seconds: float, realtime: bool = False, endpoint: Any = None, reset_state: bool = True) -> StreamRun:
     """`samples` through a fresh `asr.stream` piece by piece. Event times are the audio fed so
     far (seconds), or with `realtime` the wall-clock seconds since the first sample would have
     been spoken, each piece handed over when its last sample would have been."""
     from asr.stream import Stream
 
-    stream = Stream(model, options, endpoint)
+    stream = Stream(model, options, endpoint, reset_state=reset_state)
     run = StreamRun(audio=len(samples) / rate)
     block = max(1, int(round(chunk_seconds * rate)))
     shown = ""
@@ -221,15 +223,6 @@ def run_set(model: Any, options: Any, utts: Sequence[Utt], ends: dict[str, list[
 # ------------------------------------------------------------------------------ endpointing
 
 
-def pink_noise(n: int, rng: np.random.Generator) -> np.ndarray:
-    """n samples of 1/f noise, unit RMS."""
-    spectrum = np.fft.rfft(rng.standard_normal(n))
-    f = np.arange(len(spectrum), dtype=np.float64)
-    f[0] = 1.0
-    x = np.fft.irfft(spectrum / np.sqrt(f), n)
-    return x / (np.sqrt(np.mean(x**2)) + 1e-12)
-
-
 def frame_powers(x: np.ndarray, rate: int) -> np.ndarray:
     """Mean power of each 10 ms frame."""
     hop = int(0.01 * rate)
@@ -249,6 +242,8 @@ class Joined:
 
 def joined_file(utts: Sequence[Utt], minutes: float, seed: int, snr_db: float = 10.0, noisy_share: float = 1 / 3) -> Joined:
     """The utterances in a random order, joined with pauses of 0.5-3 s (see the module docstring)."""
+    from asr.noise import pink_noise
+
     rng = np.random.default_rng(seed)
     rate = utts[0].rate
     order = rng.permutation(len(utts))
@@ -303,10 +298,10 @@ def endpoint_outcome(finals: Sequence[Any], regions: Sequence[tuple[float, float
     return ok, owner_words
 
 
-def run_endpointing(model: Any, options: Any, joined: Joined, chunk_seconds: float, endpoint: Any = None) -> dict[str, Any]:
+def run_endpointing(model: Any, options: Any, joined: Joined, chunk_seconds: float, endpoint: Any = None, reset_state: bool = True) -> dict[str, Any]:
     from asr.scoring import score
 
-    r = run_stream(model, options, joined.samples, joined.rate, chunk_seconds, endpoint=endpoint)
+    r = run_stream(model, options, joined.samples, joined.rate, chunk_seconds, endpoint=endpoint, reset_state=reset_state)
     ok, words = endpoint_outcome(r.finals, joined.regions)
     keys = [f"{i:04d}-{uid}" for i, uid in enumerate(joined.ids)]
     refs = dict(zip(keys, joined.texts, strict=True))
@@ -392,7 +387,8 @@ def cmd_run(args: argparse.Namespace) -> None:
         for rule2 in [float(v) for v in args.rule2.split(",")]:
             endpoint = EndpointConfig(args.rule1, rule2, args.rule3)
             for name, opts in modes:
-                endpointing[f"{name}, rule 2 at {rule2:g} s"] = run_endpointing(model, opts, joined, chunk, endpoint)
+                kept = ", state kept across endpoints" if args.keep_state else ""
+                endpointing[f"{name}, rule 2 at {rule2:g} s{kept}"] = run_endpointing(model, opts, joined, chunk, endpoint, reset_state=not args.keep_state)
     online = OnlineEmissions(model)
     summary = {
         "model": str(args.model),
@@ -531,6 +527,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     r.add_argument("--rule1", type=float, default=2.4, help="endpoint rule 1: trailing silence, seconds (asr stream --rule1-min-trailing-silence)")
     r.add_argument("--rule2", default="1.2", help="endpoint rule 2: trailing silence after speech, seconds; several, comma-separated, give a row each")
     r.add_argument("--rule3", type=float, default=20.0, help="endpoint rule 3: longest utterance, seconds")
+    r.add_argument("--keep-state", action="store_true", help="endpointing: carry the model's state across endpoints (asr.stream(..., reset_state=False)) instead of starting afresh")
     r.add_argument("--seed", type=int, default=1)
     r.add_argument("--limit", type=int, default=0, help="use this many utterances spread over the manifest (0: all)")
     r.add_argument("--json", type=Path, help="also write the figures here")

@@ -167,6 +167,7 @@ def transcribe_cmd(
     word_score: WordScore = None,
     decoder_config: DecoderConfig = None,
     speeds: Speeds = None,
+    segmenter: Annotated[str | None, typer.Option(help="What finds the pauses to cut audio longer than 30 s at: energy (an adaptive energy threshold) or silero (Silero VAD); default: energy.")] = None,
     device: Device = "cpu",
     threads: Threads = 0,
 ) -> None:
@@ -179,6 +180,10 @@ def transcribe_cmd(
     fmt = "json" if as_json else fmt
     if fmt not in FORMATS:
         raise typer.BadParameter(f"unknown format {fmt!r}; choose from {', '.join(FORMATS)}", param_hint="--format")
+    from asr.segment import SEGMENTERS
+
+    if segmenter is not None and segmenter not in SEGMENTERS:
+        raise typer.BadParameter(f"unknown segmenter {segmenter!r}; choose from {', '.join(SEGMENTERS)}", param_hint="--segmenter")
     found = find_audio(audio)
     if not found.paths and not found.problems:
         raise typer.BadParameter("no audio files found", param_hint="AUDIO")
@@ -202,7 +207,7 @@ def transcribe_cmd(
     acoustic = load_model(model, device)
     decoder = _decoder(acoustic, beam, beam_size, beam_threshold, lexicon, lm, lm_weight, word_score, decoder_config, speeds=speeds)
     written: dict[tuple[int, int], str] = {}  # outputs of this run (device, inode) -> their input
-    results = transcribe(acoustic, found.paths, decoder, timestamps=fmt != "txt", progress=len(found.paths) > 20)
+    results = transcribe(acoustic, found.paths, decoder, timestamps=fmt != "txt", progress=len(found.paths) > 20, segmenter=segmenter)
     for i, result in enumerate(results):
         if result.error:
             failed += 1

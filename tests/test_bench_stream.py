@@ -69,10 +69,3 @@ def test_joined_file_pauses_and_noise() -> None:
 def joined_file_is_repeatable(utts, joined) -> bool:
     again = bench.joined_file(utts, minutes=0.2, seed=3, noisy_share=0.5)
     return np.array_equal(again.samples, joined.samples) and again.noisy == joined.noisy
-
-
-def test_pink_noise_has_unit_power_and_falls_with_frequency() -> None:
-    x = bench.pink_noise(1 << 16, np.random.default_rng(1))
-    assert np.mean(x**2) == pytest.approx(1.0, rel=1e-6)
-    spectrum = np.abs(np.fft.rfft(x)) ** 2
-    assert spectrum[100:1000].mean() > 10 * spectrum[10000:30000].mean()

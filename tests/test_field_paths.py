@@ -478,6 +478,26 @@ def test_long_narrowband_file_is_counted(trained: Path, tmp_path: Path) -> None:
     assert "1 of 1 file" in warning and "8000 Hz: 1" in warning
 
 
+def test_transcribe_cuts_long_audio_with_the_segmenter_asked_for(trained: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import asr.segment as segment
+
+    long = put_wav(tmp_path / "long.wav", ["AB", "CAB", "DAD"] * 30)
+    used: list[str | None] = []
+    chosen = segment._segmenter_class
+    monkeypatch.setattr(segment, "_segmenter_class", lambda name: used.append(name) or chosen(name))
+    texts = {}
+    for name in (None, "silero"):
+        r = cli("transcribe", trained / "best.pt", long, *(["--segmenter", name] if name else []))
+        assert r.exit_code == 0, r.output
+        texts[name] = r.stdout.split("\t", 1)[1]
+    assert used and set(used) == {None, "silero"}
+    # tone words: sound to the energy detector, not speech to Silero VAD, which cuts nothing out
+    assert texts[None].strip() and texts["silero"].strip() == ""
+    r = cli("transcribe", trained / "best.pt", long, "--segmenter", "loud")
+    flat = " ".join(r.output.replace("│", " ").split())  # the message as one line, out of its box
+    assert r.exit_code == 2 and "unknown segmenter 'loud'; choose from energy, silero" in flat and "Traceback" not in r.output
+
+
 def test_decode_says_once_that_narrowband_audio_is_below_the_model_rate(trained: Path, tmp_path: Path) -> None:
     rows = []
     for i, (sr, subtype) in enumerate([(8000, "ALAW"), (8000, "ULAW"), (16000, "PCM_16")]):

@@ -78,6 +78,7 @@ class Scripted:
         self.log_probs = self.log_probs.log_softmax(-1)
         self.frame_seconds = frame_seconds
         self.samples = self.frames = 0
+        self.resets: list[int] = []
 
     def accept(self, samples: np.ndarray) -> torch.Tensor:
         self.samples += len(samples)
@@ -88,6 +89,10 @@ class Scripted:
     def finish(self) -> torch.Tensor:
         out, self.frames = self.log_probs[self.frames :], len(self.log_probs)
         return out
+
+    def reset(self, frame: int) -> None:  # the script is the same whatever came before
+        self.resets.append(frame)
+        self.frames, self.samples = frame, int(round(frame * self.frame_seconds * SR))
 
 
 def _tokens(text: str) -> list[int]:

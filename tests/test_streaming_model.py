@@ -172,6 +172,23 @@ def test_two_streams_of_one_model_are_independent(models: dict[str, Recognizer])
             sa.accept(a[:10])
 
 
+def test_reset_starts_a_new_stream_at_a_frame(models: dict[str, Recognizer]) -> None:
+    """After `reset(k)`, audio fed from frame k on gives what a new stream of that audio gives,
+    whatever the stream held before (state, unstacked frames, frames held for look-ahead)."""
+    for name in ("lstm-lookahead-3", "lcblstm"):
+        rec = models[name]
+        x = signal(2.0, seed=3)
+        online = OnlineEmissions(rec)
+        before = online.accept(x[:20000])
+        k = 17  # frame 17 starts at sample 17 * 480
+        online.reset(k)
+        start = k * 480
+        after = torch.cat([online.accept(x[start : start + 5000]), online.accept(x[start + 5000 :]), online.finish()])
+        want = offline(rec, x[start:])
+        assert len(before) and after.shape == want.shape and (after - want).abs().max() < 1e-4
+        assert online.frames == k + want.shape[0]
+
+
 # ---------------------------------------------------------------------- the encoders themselves
 
 
