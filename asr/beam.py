@@ -4,6 +4,7 @@ speed views, and an online search for audio that arrives in chunks (the `Decoder
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import sys
@@ -230,7 +231,8 @@ class _BeamOnline:
         best = self.decoder.decoder.get_best_hypothesis(0)
         path = list(best.tokens)[1:]  # one token per frame after the start state
         frames = path + self.greedy[len(path) :]
-        return self.search._hypothesis(self.decoder._get_tokens(frames), [], best.score)
+        blank = self.search.tokenizer.blank
+        return self.search._hypothesis([k for k, _ in itertools.groupby(frames) if k != blank], [], best.score)
 
     def end(self) -> list[Hypothesis]:
         if not self.done:

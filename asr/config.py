@@ -201,12 +201,12 @@ def set_value(cfg: Config, dotted: str, value: Any, where: str = "config") -> No
     types = {f.name: f.type for f in fields(obj)}
     if key not in types:
         raise ConfigError(f"{where}: unknown key '{dotted}' (known: {', '.join(types)})")
-    if dotted == "augment.noise_snr" and value == []:
-        value = []  # off
+    if dotted == "augment.noise_snr" and value == []:  # off: the one list that may be empty
+        value = []
     else:
         value = _coerce(value, types[key], f"{where}: {dotted}")
-    if dotted == "augment.noise_snr" and value and (len(value) != 2 or value[0] > value[1]):
-        raise ConfigError(f"{where}: augment.noise_snr must be [low, high] in dB with low <= high, or [] (off), got {value}")
+    if dotted == "augment.noise_snr":
+        check_noise_snr(value, where)
     if dotted == "model.kind":
         from asr.encoders import encoder_class  # the registry of model families imports this module
 
@@ -221,6 +221,12 @@ def set_value(cfg: Config, dotted: str, value: Any, where: str = "config") -> No
     if dotted == "decode.view_nbest" and value < 1:
         raise ConfigError(f"{where}: decode.view_nbest must be at least 1, got {value}")
     setattr(obj, key, value)
+
+
+def check_noise_snr(value: list[float], where: str = "config") -> None:
+    """ConfigError unless `augment.noise_snr` is [] or [low, high] with low <= high."""
+    if value and (len(value) != 2 or value[0] > value[1]):
+        raise ConfigError(f"{where}: augment.noise_snr must be [low, high] in dB with low <= high, or [] (off), got {value}")
 
 
 def _coerce(value: Any, type_name: str, what: str) -> Any:

@@ -18,7 +18,7 @@ import torch
 from tqdm import tqdm
 
 from asr.audio import AudioError, load_audio, resample
-from asr.config import Config, ConfigError, FeatureConfig
+from asr.config import Config, ConfigError, FeatureConfig, check_noise_snr
 from asr.features import FeatureExtractor, Normalizer, one_thread
 from asr.manifest import Utterance, read_manifest
 from asr.text import Tokenizer
@@ -278,8 +278,7 @@ def prepare_data(
     if any(not 0.5 <= s <= 2.0 for s in speeds) or len(set(speeds)) < len(speeds):
         raise ConfigError(f"augment.speeds must be distinct factors between 0.5 and 2.0, got {speeds}")
     snr = cfg.augment.noise_snr if training else []
-    if snr and (len(snr) != 2 or snr[0] > snr[1]):
-        raise ConfigError(f"augment.noise_snr must be [low, high] in dB, low <= high, or [] (off), got {snr}")
+    check_noise_snr(snr)
     utts = read_manifest(manifest)
     versions = [load_features(manifest, utts, cfg.features, speed=s) for s in speeds]
     noisy = [False] * len(speeds)

@@ -109,7 +109,7 @@ class Stream:
     rate_check: a caller's `SampleRateCheck` to count narrowband input in (it then warns when it
         likes); by default the stream warns on stderr, once, at the first narrowband input.
     emissions: an object that does what `asr.streaming.OnlineEmissions(model)` does (accept,
-        finish, frame_seconds), used instead of it.
+        finish, frame_seconds; reset, or the state is carried on), used instead of it.
     """
 
     def __init__(
