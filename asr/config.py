@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import tomllib
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -218,15 +219,24 @@ def set_value(cfg: Config, dotted: str, value: Any, where: str = "config") -> No
         raise ConfigError(f"{where}: features.cmvn must be one of {', '.join(CMVN_KINDS)}, got {value!r}")
     if dotted == "decode.speeds" and (1.0 not in value or len(set(value)) < len(value) or any(not 0.5 <= v <= 2.0 for v in value)):
         raise ConfigError(f"{where}: decode.speeds must be distinct factors between 0.5 and 2.0, 1.0 among them, got {value}")
-    if dotted == "decode.view_nbest" and value < 1:
-        raise ConfigError(f"{where}: decode.view_nbest must be at least 1, got {value}")
+    if dotted in ("decode.view_nbest", "decode.beam_size") and value < 1:
+        raise ConfigError(f"{where}: {dotted} must be at least 1, got {value}")
+    if dotted == "decode.beam_threshold" and not value > 0:
+        raise ConfigError(f"{where}: decode.beam_threshold must be positive, got {value}")
+    if dotted in ("decode.lm_weight", "decode.word_score") and not math.isfinite(value):
+        raise ConfigError(f"{where}: {dotted} must be a finite number, got {value}")
     setattr(obj, key, value)
 
 
+NOISE_SNR_RANGE = (-30.0, 100.0)  # dB; beyond it a "noisy copy" is all noise or no noise
+
+
 def check_noise_snr(value: list[float], where: str = "config") -> None:
-    """ConfigError unless `augment.noise_snr` is [] or [low, high] with low <= high."""
-    if value and (len(value) != 2 or value[0] > value[1]):
-        raise ConfigError(f"{where}: augment.noise_snr must be [low, high] in dB with low <= high, or [] (off), got {value}")
+    """ConfigError unless `augment.noise_snr` is [] or [low, high] with low <= high, both within
+    NOISE_SNR_RANGE."""
+    lo, hi = NOISE_SNR_RANGE
+    if value and (len(value) != 2 or not lo <= value[0] <= value[1] <= hi):
+        raise ConfigError(f"{where}: augment.noise_snr must be [low, high] in dB with {lo:g} <= low <= high <= {hi:g}, or [] (off), got {value}")
 
 
 def _coerce(value: Any, type_name: str, what: str) -> Any:

@@ -56,8 +56,9 @@ class Audio:
 def read_audio(audio: str | Path | bytes | np.ndarray | torch.Tensor, sample_rate: int | None, model_rate: int, name: str | None = None) -> Audio:
     """Audio of any accepted kind as mono float32 samples at `model_rate` (Hz).
 
-    audio: a file path; the bytes of an encoded file; or samples, 1-D (or (samples, channels)),
-        float in [-1, 1], whose rate `sample_rate` must then be given.
+    audio: a file path; the bytes of an encoded file; or samples, 1-D (or 2-D, (samples,
+        channels) or (channels, samples): the shorter axis is taken for the channels), float in
+        [-1, 1], whose rate `sample_rate` must then be given.
     name: what errors call bytes (e.g. an upload's file name; default "<bytes>").
     Raises AudioError (a one-line reason naming the file, or "<bytes>" / "<array>") for anything
     that cannot be used: unreadable, empty or cut-short input, NaN or Inf samples, a missing
@@ -77,8 +78,8 @@ def read_audio(audio: str | Path | bytes | np.ndarray | torch.Tensor, sample_rat
     if not 1000 <= int(sample_rate) <= 768000:
         raise AudioError("<array>", f"implausible sample rate {sample_rate} Hz")
     x = np.asarray(audio, dtype=np.float32)
-    if x.ndim == 2:
-        x = x.mean(axis=1)
+    if x.ndim == 2:  # (samples, channels) or (channels, samples): channels are the shorter axis
+        x = x.mean(axis=1 if x.shape[0] >= x.shape[1] else 0)
     if x.ndim != 1:
         raise AudioError("<array>", f"samples must be 1-D or (samples, channels), got shape {audio.shape}")
     if x.size == 0:

@@ -174,8 +174,9 @@ class Stream:
         return self._samples / self.sample_rate
 
     def accept(self, samples: np.ndarray | torch.Tensor, sample_rate: int | None = None) -> StreamResult:
-        """Take the next samples (1-D, or (samples, channels) averaged; float in [-1, 1] or int16)
-        at `sample_rate` Hz (default: the model's; one rate per stream) and return the current
+        """Take the next samples (1-D, or 2-D (samples, channels) or (channels, samples), the
+        shorter axis taken for the channels and averaged; float in [-1, 1] or int16) at
+        `sample_rate` Hz (default: the model's; one rate per stream) and return the current
         partial. Utterances that ended meanwhile are queued for `pop_finals`. Raises AudioError
         for samples that cannot be used (NaN, a bad rate), ValueError for a change of rate."""
         if self._finished:
@@ -227,8 +228,8 @@ class Stream:
             x = x.astype(np.float32) / 32768.0
         elif not np.issubdtype(x.dtype, np.floating):
             raise AudioError("<stream>", f"samples must be float or int16, got {x.dtype}")
-        if x.ndim == 2:
-            x = x.mean(axis=1)
+        if x.ndim == 2:  # (samples, channels) or (channels, samples): channels are the shorter axis
+            x = x.mean(axis=1 if x.shape[0] >= x.shape[1] else 0)
         if x.ndim != 1:
             raise AudioError("<stream>", f"samples must be 1-D or (samples, channels), got shape {x.shape}")
         x = np.ascontiguousarray(x, dtype=np.float32)
@@ -238,6 +239,8 @@ class Stream:
 
     def _resample(self, x: np.ndarray, rate: int | None) -> np.ndarray:
         rate = self.sample_rate if rate is None else rate
+        if isinstance(rate, (float, np.floating)) and float(rate).is_integer():
+            rate = int(rate)
         if isinstance(rate, bool) or not isinstance(rate, (int, np.integer)) or not MIN_SAMPLE_RATE <= int(rate) <= MAX_SAMPLE_RATE:
             raise AudioError("<stream>", f"implausible sample rate {rate!r} Hz (expected {MIN_SAMPLE_RATE}-{MAX_SAMPLE_RATE})")
         rate = int(rate)
@@ -565,9 +568,11 @@ def run(stream: Stream, source: AudioSource, emit: Callable[[StreamResult], None
     """Feed `source` to `stream` chunk by chunk, calling `emit` with each partial whose text
     changed (non-empty ones; with `partials`) and each final, in order; at the end of the audio
     (or on Ctrl-C) the stream is finished and its last final is emitted when it holds words.
-    Returns that last final. Errors of the source (AudioError, RuntimeError) propagate after
-    the results so far were emitted."""
+    Returns that last final. An error of the source (AudioError, RuntimeError: bytes that are
+    not audio, a cut-off sample) ends the audio there: the stream is finished and its finals
+    emitted first, then the error propagates."""
     shown = ""
+    error: Exception | None = None
     try:
         for chunk in source.chunks:
             partial = stream.accept(chunk, source.sample_rate)
@@ -579,11 +584,15 @@ def run(stream: Stream, source: AudioSource, emit: Callable[[StreamResult], None
                 shown = partial.text
     except KeyboardInterrupt:
         pass
+    except (AudioError, RuntimeError) as e:  # what was heard before the bad bytes is kept
+        error = e
     last = stream.finish()
     for final in stream.pop_finals():
         emit(final)
     if last.text:
         emit(last)
+    if error is not None:
+        raise error
     return last
 
 

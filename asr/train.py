@@ -421,7 +421,7 @@ def _summary(run: Run, first_batches: list[list[Key]]) -> str:
     speed_note = f", speeds {'/'.join(f'{x:g}' for x in distinct)}" if len(distinct) > 1 else ""
     if any(data.noisy):
         lo, hi = run.cfg.augment.noise_snr
-        speed_note += f", noisy copies at {lo:g}-{hi:g} dB SNR"
+        speed_note += f", noisy copies at {lo:g} to {hi:g} dB SNR"
     return (
         f"train: {data.n} utts, {hours:.2f} h{speed_note}; "
         f"dev: {f'{dev.n} utts' if dev else 'none (no per-epoch WER)'}; tokens: {len(run.tokenizer)}; "

@@ -61,6 +61,8 @@ def stream_cmd(
         raise fail("give an audio file, - for PCM on stdin, or --mic (one of them)")
     if rate is not None and (rate < 1000 or rate > 768000):
         raise fail(f"--rate must be between 1000 and 768000 Hz, got {rate}")
+    if rate is not None and source not in (None, "-"):
+        raise fail(f"{source}: --rate is for PCM on stdin (-) and --mic; a file says its own rate")
     if not 1 <= channels <= 64:
         raise fail(f"--channels must be between 1 and 64, got {channels}")
     if not 5 <= chunk_ms <= 10000:

@@ -44,7 +44,15 @@ def test_options_precedence_checkpoint_then_file_then_flags(tmp_path: Path) -> N
 
 @pytest.mark.parametrize(
     ("flags", "message"),
-    [({"speeds": [0.9, 1.1]}, "1.0 among them"), ({"view_nbest": 0}, "at least 1"), ({"beam_width": 3}, "unknown decoding option")],
+    [
+        ({"speeds": [0.9, 1.1]}, "1.0 among them"),
+        ({"view_nbest": 0}, "at least 1"),
+        ({"beam_width": 3}, "unknown decoding option"),
+        ({"beam_size": 0}, "beam_size must be at least 1"),
+        ({"beam_threshold": -1.0}, "beam_threshold must be positive"),
+        ({"lm_weight": float("nan")}, "lm_weight must be a finite number"),
+        ({"word_score": float("inf")}, "word_score must be a finite number"),
+    ],
 )
 def test_bad_options_name_the_problem(flags: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message):

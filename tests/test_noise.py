@@ -78,7 +78,11 @@ def test_noise_snr_adds_a_noisy_copy_of_every_utterance_at_every_speed(tmp_path)
     assert clean.shape == noisy.shape and not np.allclose(clean, noisy)
     dev = prepare_data(str(manifest), "dev", cfg, Tokenizer.from_texts(u.text for u in utts), training=False)
     assert dev.speeds == [1.0] and dev.noisy == [False]  # evaluation data stays clean
+    for bad in ("[10, 0]", "[5]", "[nan, 5]", "[0, inf]", "[-400, -400]"):
+        with pytest.raises(ConfigError, match="noise_snr"):
+            load_config(None, [f"augment.noise_snr={bad}"])
+    cfg.augment.noise_snr = [10.0, 0.0]  # set in Python, past the config's own check
     with pytest.raises(ConfigError, match="noise_snr"):
-        prepare_data(str(manifest), "train", load_config(None, ["augment.noise_snr=[10, 0]"]), None, training=True)
+        prepare_data(str(manifest), "train", cfg, None, training=True)
     assert set(NOISE_COLOURS) == {"white", "pink", "brown"}
 

@@ -168,9 +168,30 @@ def test_partials_grow_and_the_stream_refuses_bad_input() -> None:
         stream.accept(x[:10], 8000)
     assert stream.accept(np.zeros(0, np.float32), SR).text == "AB CAB"
     assert stream.accept((x[:100] * 0).astype(np.int16), SR).text == "AB CAB"  # int16 samples are taken too
+    before = stream.seconds
+    stream.accept(np.zeros((2, 160), np.float32), 16000.0)  # (channels, samples), a whole-number float rate
+    stream.accept(np.zeros((160, 2), np.float32), SR)  # (samples, channels)
+    assert stream.seconds - before == pytest.approx(320 / SR)
     assert stream.finish().text == "AB CAB"
     with pytest.raises(RuntimeError):
         stream.accept(x[:10], SR)
+
+
+def test_a_source_that_fails_midway_keeps_what_was_heard() -> None:
+    from asr.audio import AudioError
+    from asr.stream import AudioSource, run
+
+    path = _tokens("AB CAB") + [0] * 10
+    x = np.zeros(int(len(path) * 0.03 * SR), np.float32)
+
+    def chunks():
+        yield from (x[i : i + 800] for i in range(0, len(x), 800))
+        raise AudioError("<stdin>", "1 byte does not make a whole 16-bit sample")
+
+    emitted: list[StreamResult] = []
+    with pytest.raises(AudioError, match="16-bit"):
+        run(Stream(_fake_model(), vad=False, emissions=Scripted(path)), AudioSource("<stdin>", SR, chunks()), emitted.append)
+    assert emitted[-1].final and emitted[-1].text == "AB CAB"  # finished before the error is raised
 
 
 # --------------------------------------------------------------------------- voice activity
@@ -455,6 +476,8 @@ def test_cli_errors_are_one_line(lstm_model: Path, tmp_path: Path) -> None:
     assert "file not found" in one_error_line(cli(tmp_path / "missing.pt", "-", input=bytes(3200)))
     (tmp_path / "junk.wav").write_text("not audio")
     assert "junk.wav" in one_error_line(cli(lstm_model, tmp_path / "junk.wav"))
+    sf.write(tmp_path / "ok.wav", np.zeros(1600, np.float32), 16000)
+    assert "--rate is for PCM on stdin" in one_error_line(cli(lstm_model, tmp_path / "ok.wav", "--rate", 8000))
     assert "one of them" in one_error_line(cli(lstm_model))
     assert "rule1_min_trailing_silence" in one_error_line(cli(lstm_model, "-", "--rule1-min-trailing-silence", 0, input=bytes(3200)))
 
