@@ -213,6 +213,18 @@ def is_silent(samples: np.ndarray, floor: float = SILENCE_FLOOR) -> bool:
     return samples.size == 0 or float(np.abs(samples).max()) <= floor
 
 
+def is_sample_rate(rate: object) -> bool:
+    """Whether `rate` is an integer (not a bool) between MIN_SAMPLE_RATE and MAX_SAMPLE_RATE Hz."""
+    return isinstance(rate, (int, np.integer)) and not isinstance(rate, bool) and MIN_SAMPLE_RATE <= int(rate) <= MAX_SAMPLE_RATE
+
+
+def mix_down(x: np.ndarray) -> np.ndarray:
+    """Samples given as an array by a caller, mixed to mono: a 2-D array, (samples, channels) or
+    (channels, samples), is averaged over its shorter axis, taken for the channels; other
+    arrays are returned as they are."""
+    return x.mean(axis=1 if x.shape[0] >= x.shape[1] else 0) if x.ndim == 2 else x
+
+
 def resample(samples: np.ndarray, orig_sr: int, new_sr: int) -> np.ndarray:
     """Band-limited resampling (torchaudio's sinc interpolation).
 

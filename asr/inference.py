@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from asr.align import Word, fit_to_audio, word_alignments
-from asr.audio import AudioError, bytes_info, load_audio_with_notes, resample
+from asr.audio import AudioError, bytes_info, load_audio_with_notes, mix_down, resample
 from asr.beam import Decoder, Hypothesis
 from asr.formats import Transcript
 from asr.options import DecodeOptions, make_decoder, resolve_options
@@ -77,9 +77,7 @@ def read_audio(audio: str | Path | bytes | np.ndarray | torch.Tensor, sample_rat
         raise AudioError("<array>", "samples given without their sample_rate")
     if not 1000 <= int(sample_rate) <= 768000:
         raise AudioError("<array>", f"implausible sample rate {sample_rate} Hz")
-    x = np.asarray(audio, dtype=np.float32)
-    if x.ndim == 2:  # (samples, channels) or (channels, samples): channels are the shorter axis
-        x = x.mean(axis=1 if x.shape[0] >= x.shape[1] else 0)
+    x = mix_down(np.asarray(audio, dtype=np.float32))
     if x.ndim != 1:
         raise AudioError("<array>", f"samples must be 1-D or (samples, channels), got shape {audio.shape}")
     if x.size == 0:

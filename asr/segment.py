@@ -360,21 +360,20 @@ class _VadSegmenter(_Segmenter):
     threshold: a frame is sound when any VAD window overlapping it is speech."""
 
     def __init__(self, *args: float):
-        from asr.vad import VoiceActivity
+        from asr.vad import SpeechWindows, VoiceActivity
 
         super().__init__(*args)  # type: ignore[arg-type]
         self.vad = VoiceActivity(self.sr)
         self.warmup = 0  # the detector needs no statistics first
-        self.speech = np.zeros(0, bool)  # VAD decisions from window `speech_base` on
-        self.speech_base = 0
+        self.speech = SpeechWindows(self.vad.window_seconds)
         self.flushed = False
 
     def _on_samples(self, block: np.ndarray) -> None:
-        self.speech = np.concatenate([self.speech, self.vad.accept(block)])
+        self.speech.add(self.vad.accept(block))
 
     def _finish_frames(self) -> None:
         super()._finish_frames()
-        self.speech = np.concatenate([self.speech, self.vad.flush()])
+        self.speech.add(self.vad.flush())
         self.flushed = True
 
     def _classify(self) -> None:
@@ -382,27 +381,9 @@ class _VadSegmenter(_Segmenter):
         last = self._frames_end()
         if last <= first:
             return
-        ws = self.vad.window_seconds
-        k = np.arange(first, last)
-        w0 = np.floor(k * self.flen / self.sr / ws + 1e-9).astype(np.int64)
-        w1 = np.ceil((k + 1) * self.flen / self.sr / ws - 1e-9).astype(np.int64)  # exclusive
-        decided = self.speech_base + len(self.speech)
-        if self.flushed:
-            w1 = np.minimum(w1, decided)
-            w0 = np.minimum(w0, w1 - 1)
-        else:
-            k = k[w1 <= decided]
-            w0, w1 = w0[: len(k)], w1[: len(k)]
-        if len(k) == 0:
-            return
-        csum = np.concatenate([[0], np.cumsum(self.speech)])
-        lo = np.clip(w0 - self.speech_base, 0, len(self.speech))
-        hi = np.clip(w1 - self.speech_base, 0, len(self.speech))
-        self.voiced = np.concatenate([self.voiced, csum[hi] - csum[lo] > 0])
+        speech, ready = self.speech.frames(first, last - first, self.flen / self.sr, to_last=self.flushed)
+        self.voiced = np.concatenate([self.voiced, speech[:ready]])
 
     def _trim(self) -> None:
         super()._trim()
-        keep = int(np.floor(self.base * self.flen / self.sr / self.vad.window_seconds + 1e-9)) - self.speech_base
-        if keep > 0:
-            self.speech = self.speech[keep:].copy()
-            self.speech_base += keep
+        self.speech.drop_before(self.base * self.flen / self.sr)

@@ -55,7 +55,15 @@ import numpy as np
 import torch
 
 from asr.align import Word, fit_to_audio, word_alignments
-from asr.audio import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE, AudioError, SampleRateCheck, training_rate
+from asr.audio import (
+    MAX_SAMPLE_RATE,
+    MIN_SAMPLE_RATE,
+    AudioError,
+    SampleRateCheck,
+    is_sample_rate,
+    mix_down,
+    training_rate,
+)
 from asr.endpoint import EndpointConfig, Endpointer
 from asr.options import DecodeOptions, resolve_options
 
@@ -146,17 +154,16 @@ class Stream:
         self.frame_seconds = float(emissions.frame_seconds)
         self.endpoint = endpoint or EndpointConfig()
         self.endpointer = Endpointer(self.endpoint, self.frame_seconds)
-        self.vad = None
+        self.vad, self._speech = None, None  # the detector and its decisions
         if vad:
-            from asr.vad import VoiceActivity
+            from asr.vad import SpeechWindows, VoiceActivity
 
             self.vad = VoiceActivity(self.sample_rate)
+            self._speech = SpeechWindows(self.vad.window_seconds)
         self._own_check = rate_check is None
         self.rate_check = rate_check if rate_check is not None else SampleRateCheck(training_rate(model))
         self.input_rate: int | None = None
         self._resampler: Any = None
-        self._speech = np.zeros(0, bool)  # VAD decisions from window `_speech_base` on
-        self._speech_base = 0
         self._pending: list[torch.Tensor] = []  # frames from `_done` on, not yet decided
         self._done = 0  # frames decided (endpoint rules and search)
         self._audio = np.zeros(0, np.float32)  # model-rate samples from `_audio_base` on
@@ -213,7 +220,7 @@ class Stream:
             if len(f):
                 self._pending.append(f)
         if self.vad is not None:
-            self._speech = np.concatenate([self._speech, self.vad.flush()])
+            self._speech.add(self.vad.flush())
         self._process(final=True)
         end = min(self._done * self.frame_seconds, self.seconds) if self._samples else self._done * self.frame_seconds
         return self._end_utterance(end)
@@ -228,8 +235,7 @@ class Stream:
             x = x.astype(np.float32) / 32768.0
         elif not np.issubdtype(x.dtype, np.floating):
             raise AudioError("<stream>", f"samples must be float or int16, got {x.dtype}")
-        if x.ndim == 2:  # (samples, channels) or (channels, samples): channels are the shorter axis
-            x = x.mean(axis=1 if x.shape[0] >= x.shape[1] else 0)
+        x = mix_down(x)
         if x.ndim != 1:
             raise AudioError("<stream>", f"samples must be 1-D or (samples, channels), got shape {x.shape}")
         x = np.ascontiguousarray(x, dtype=np.float32)
@@ -241,7 +247,7 @@ class Stream:
         rate = self.sample_rate if rate is None else rate
         if isinstance(rate, (float, np.floating)) and float(rate).is_integer():
             rate = int(rate)
-        if isinstance(rate, bool) or not isinstance(rate, (int, np.integer)) or not MIN_SAMPLE_RATE <= int(rate) <= MAX_SAMPLE_RATE:
+        if not is_sample_rate(rate):
             raise AudioError("<stream>", f"implausible sample rate {rate!r} Hz (expected {MIN_SAMPLE_RATE}-{MAX_SAMPLE_RATE})")
         rate = int(rate)
         if self.input_rate is None:
@@ -267,7 +273,7 @@ class Stream:
             self._samples += len(x)
             self._audio = np.concatenate([self._audio, x])
             if self.vad is not None:
-                self._speech = np.concatenate([self._speech, self.vad.accept(x)])
+                self._speech.add(self.vad.accept(x))
 
     # --- decisions ----------------------------------------------------------------------
 
@@ -276,20 +282,10 @@ class Stream:
         if not self._pending:
             return
         frames = torch.cat(self._pending) if len(self._pending) > 1 else self._pending[0]
-        idx = np.arange(self._done, self._done + len(frames))
-        speech = np.zeros(len(frames), bool)
-        if self.vad is not None:
-            ws = self.vad.window_seconds
-            w0 = np.floor(idx * self.frame_seconds / ws + 1e-9).astype(np.int64)
-            w1 = np.ceil((idx + 1) * self.frame_seconds / ws - 1e-9).astype(np.int64)
-            decided = self._speech_base + len(self._speech)
-            ready = len(frames) if final else int(np.searchsorted(w1, decided, side="right"))
-            csum = np.concatenate([[0], np.cumsum(self._speech)])
-            lo = np.clip(w0 - self._speech_base, 0, len(self._speech))
-            hi = np.clip(w1 - self._speech_base, 0, len(self._speech))
-            speech = (csum[hi] - csum[lo]) > 0
-        else:
-            ready = len(frames)
+        speech, ready = np.zeros(len(frames), bool), len(frames)
+        if self._speech is not None:
+            speech, covered = self._speech.frames(self._done, len(frames), self.frame_seconds)
+            ready = len(frames) if final else covered
         if ready == 0:
             return
         blank = (frames[:ready].argmax(-1) == self.tokenizer.blank).numpy()
@@ -309,11 +305,8 @@ class Stream:
         self._step(frames[first:ready])
         self._done += ready
         self._pending = [frames[ready:]] if ready < len(frames) else []
-        if self.vad is not None:  # windows before the first undecided frame are no longer needed
-            keep = int(np.floor(self._done * self.frame_seconds / self.vad.window_seconds + 1e-9)) - self._speech_base
-            if keep > 0:
-                self._speech = self._speech[keep:]
-                self._speech_base += keep
+        if self._speech is not None:  # windows before the first undecided frame are no longer needed
+            self._speech.drop_before(self._done * self.frame_seconds)
 
     def _restart_emissions(self, frame: int) -> None:
         """The acoustic model afresh from output frame `frame`, the start of a new utterance: the
@@ -379,7 +372,7 @@ class AudioSource:
 
 def check_rate(rate: int, what: str = "sample rate") -> int:
     """`rate` as an int if it is a plausible sample rate (1-768 kHz); ValueError otherwise."""
-    if isinstance(rate, bool) or not isinstance(rate, (int, np.integer)) or not MIN_SAMPLE_RATE <= int(rate) <= MAX_SAMPLE_RATE:
+    if not is_sample_rate(rate):
         raise ValueError(f"{what} must be between {MIN_SAMPLE_RATE} and {MAX_SAMPLE_RATE} Hz, got {rate}")
     return int(rate)
 

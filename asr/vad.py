@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["VoiceActivity", "VAD_RATES", "DEFAULT_THRESHOLD"]
+__all__ = ["VoiceActivity", "SpeechWindows", "VAD_RATES", "DEFAULT_THRESHOLD"]
 
 VAD_RATES = (8000, 16000)  # the rates the model takes; other rates are resampled to 16 kHz
 DEFAULT_THRESHOLD = 0.5
@@ -187,3 +187,52 @@ class VoiceActivity:
         self.buffer = x[n * self.window :].copy()
         self.windows += n
         return flags
+
+
+class SpeechWindows:
+    """A stream's VAD decisions, one per window of `window_seconds`, read per frame of another
+    length: what `asr.stream` (30 ms model frames) and `asr.segment` (30 ms energy frames) ask.
+
+    `add(flags)` appends the decisions `VoiceActivity.accept`/`flush` returned; `decided` counts
+    the windows decided since the stream began; `frames(...)` says which frames are speech;
+    `drop_before(seconds)` forgets the windows that end before `seconds`.
+    """
+
+    def __init__(self, window_seconds: float):
+        self.window_seconds = window_seconds
+        self.flags = np.zeros(0, bool)  # decisions from window `base` on
+        self.base = 0
+
+    @property
+    def decided(self) -> int:
+        return self.base + len(self.flags)
+
+    def add(self, flags: np.ndarray) -> None:
+        self.flags = np.concatenate([self.flags, flags])
+
+    def frames(self, first: int, n: int, frame_seconds: float, to_last: bool = False) -> tuple[np.ndarray, int]:
+        """Frames first .. first + n - 1 (frame k spans [k, k + 1) x frame_seconds): (n,) bool,
+        speech when a decided window overlapping the frame is speech, and how many of the
+        frames, from the first, the decided windows cover whole (n with `to_last`, where frames
+        past the last decided window take that window's decision: the end of a stream, whose
+        last window was padded out)."""
+        ws = self.window_seconds
+        k = np.arange(first, first + n)
+        w0 = np.floor(k * frame_seconds / ws + 1e-9).astype(np.int64)
+        w1 = np.ceil((k + 1) * frame_seconds / ws - 1e-9).astype(np.int64)  # exclusive
+        if to_last:
+            w1 = np.minimum(w1, self.decided)
+            w0 = np.minimum(w0, w1 - 1)
+            ready = n
+        else:
+            ready = int(np.searchsorted(w1, self.decided, side="right"))
+        csum = np.concatenate([[0], np.cumsum(self.flags)])
+        lo = np.clip(w0 - self.base, 0, len(self.flags))
+        hi = np.clip(w1 - self.base, 0, len(self.flags))
+        return csum[hi] - csum[lo] > 0, ready
+
+    def drop_before(self, seconds: float) -> None:
+        keep = int(np.floor(seconds / self.window_seconds + 1e-9)) - self.base
+        if keep > 0:
+            self.flags = self.flags[keep:].copy()
+            self.base += keep

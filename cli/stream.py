@@ -55,12 +55,15 @@ def stream_cmd(
     partial result rewrites one line and each final is printed; otherwise one JSON object a line:
     {"type": "partial"|"final", "text", "start", "end", "words"}. An utterance ends after a pause
     (the endpoint rules) or at the end of the audio."""
-    from asr.stream import TerminalView, file_source, json_line, mic_source, pcm_source, run
+    from asr.stream import TerminalView, check_rate, file_source, json_line, mic_source, pcm_source, run
 
     if mic == (source is not None):
         raise fail("give an audio file, - for PCM on stdin, or --mic (one of them)")
-    if rate is not None and (rate < 1000 or rate > 768000):
-        raise fail(f"--rate must be between 1000 and 768000 Hz, got {rate}")
+    if rate is not None:
+        try:
+            check_rate(rate, "--rate")
+        except ValueError as e:
+            raise fail(str(e)) from None
     if rate is not None and source not in (None, "-"):
         raise fail(f"{source}: --rate is for PCM on stdin (-) and --mic; a file says its own rate")
     if not 1 <= channels <= 64:
