@@ -8,7 +8,8 @@ Routes (`create_app`):
   `{"error": {"message", "type", "param", "code"}}`.
 - `GET /v1/models`, `GET /health`.
 - `WebSocket /v1/stream`: live recognition with a streaming model (`asr.stream`).
-- `GET /`: a page to upload a file or record from the microphone.
+- `GET /`: a page to upload a file or record from the microphone; `GET /favicon.ico`, its icon
+  (`asr.server_page`).
 
 Requests from many clients meet in one bounded queue (`Batcher`): worker threads take what is
 waiting (up to `max_batch` recordings) and run it through `asr.inference.recognize` in one
@@ -49,6 +50,7 @@ from asr.audio import AudioError, SampleRateCheck, training_rate
 from asr.formats import Cue, Transcript, group_cues, to_srt, to_vtt
 from asr.inference import LONG_AUDIO_SECONDS, Audio, decoder_for, read_audio, recognize, transcribe
 from asr.options import DecodeOptions, resolve_options
+from asr.server_page import add_page_routes, model_info
 
 __all__ = ["ServerConfig", "Batcher", "QueueFull", "create_app", "serve", "RESPONSE_FORMATS"]
 
@@ -297,7 +299,6 @@ def create_app(model: Any, options: DecodeOptions | None = None, config: ServerC
     batcher = Batcher(model, options, config.workers, config.queue_size, config.max_batch, config.batch_wait_ms)
     rate_check = SampleRateCheck(training_rate(model))
     rate_lock = threading.Lock()
-    kind = model.cfg.model.kind
     created = int(time.time())
 
     app = FastAPI(title="asr", docs_url=None, redoc_url=None, openapi_url=None)
@@ -316,7 +317,7 @@ def create_app(model: Any, options: DecodeOptions | None = None, config: ServerC
 
     @app.get("/health")
     async def health() -> Any:
-        return {"status": "ok", "model": name, "kind": kind, "streaming": _can_stream(model), "sample_rate": model.cfg.features.sample_rate}
+        return {"status": "ok", "model": name, **model_info(model), "sample_rate": model.cfg.features.sample_rate}
 
     @app.get("/v1/models")
     async def models() -> Any:
@@ -325,6 +326,8 @@ def create_app(model: Any, options: DecodeOptions | None = None, config: ServerC
     @app.get("/", response_class=HTMLResponse)
     async def page() -> Any:
         return HTMLResponse(resources.files("asr").joinpath("web/index.html").read_text(encoding="utf-8"))
+
+    add_page_routes(app)
 
     @app.post("/v1/audio/transcriptions")
     async def transcriptions(request: Request) -> Any:
@@ -387,15 +390,6 @@ def create_app(model: Any, options: DecodeOptions | None = None, config: ServerC
         app.add_middleware(CORSMiddleware, allow_origins=list(config.cors_origins), allow_methods=["GET", "POST"], allow_headers=["Authorization", "Content-Type"])
     app.add_middleware(RequestLimits, config=config)
     return app
-
-
-def _can_stream(model: Any) -> bool:
-    from asr.encoders import encoder_class
-
-    try:
-        return bool(encoder_class(model.cfg.model.kind).streaming) and model.cfg.features.cmvn != "utterance"
-    except Exception:
-        return False
 
 
 def serve(model: Any, options: DecodeOptions | None = None, config: ServerConfig | None = None, name: str = "asr") -> None:

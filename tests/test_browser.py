@@ -52,7 +52,8 @@ def test_page_uploads_a_file_and_shows_the_transcript_with_word_times(live_serve
     driver = _browser()
     try:
         driver.get(live_server + "/")
-        assert "tones" in _text_of(driver, "model")
+        header = _text_of(driver, "model")
+        assert header.startswith("blstm, 1 layer x 64 units per direction, ") and "trained on" in header and "model" not in header, header
         driver.find_element(By.ID, "key").send_keys("k")
         driver.find_element(By.ID, "file").send_keys(str(wav))
         driver.find_element(By.ID, "send").click()
@@ -61,7 +62,57 @@ def test_page_uploads_a_file_and_shows_the_transcript_with_word_times(live_serve
         assert [r.find_elements(By.TAG_NAME, "td")[0].text for r in rows] == expected.text.split()
         times = [float(r.find_elements(By.TAG_NAME, "td")[1].text) for r in rows]
         assert times == sorted(times) and all(abs(t - w.start) < 0.006 for t, w in zip(times, expected.words, strict=True))
+        confidences = [float(r.find_elements(By.TAG_NAME, "td")[3].text) for r in rows]
+        assert all(abs(c - w.confidence) < 0.006 for c, w in zip(confidences, expected.words, strict=True))
+        spans = driver.find_elements(By.CSS_SELECTOR, "#transcript span.w")
+        assert [s.text for s in spans] == expected.text.split()
+        for span, w in zip(spans, expected.words, strict=True):  # shaded by confidence, the figure in the tooltip
+            assert abs(float(span.get_attribute("data-confidence")) - w.confidence) < 0.001
+            assert f"confidence {w.confidence:.2f}" in span.get_attribute("title")
+            assert span.value_of_css_property("background-color") not in ("rgba(0, 0, 0, 0)", "transparent")
         assert driver.find_element(By.ID, "srt").is_enabled()
+    finally:
+        driver.quit()
+
+
+def test_page_tells_a_person_to_enter_the_key_and_keeps_it(live_server, utterances, tmp_path: Path) -> None:  # noqa: F811
+    """A 401 asks for the key in the page's own words (not "send Authorization: Bearer"); the key
+    entered stays in the tab across a reload and is sent as a Bearer token."""
+    import time
+
+    from selenium.webdriver.common.by import By
+
+    wav = tmp_path / "tones.wav"
+    sf.write(wav, utterances[1], SR)
+    driver = _browser()
+    try:
+        driver.get(live_server + "/")
+        driver.find_element(By.ID, "file").send_keys(str(wav))
+        driver.find_element(By.ID, "send").click()
+        deadline = time.time() + 30
+        while "API key" not in driver.find_element(By.ID, "status").text and time.time() < deadline:
+            time.sleep(0.1)
+        status = driver.find_element(By.ID, "status").text
+        assert "enter it in the API key field" in status and "Authorization" not in status and "Bearer" not in status, status
+        assert driver.switch_to.active_element.get_attribute("id") == "key"
+        driver.find_element(By.ID, "key").send_keys("k")
+        driver.refresh()
+        assert driver.find_element(By.ID, "key").get_attribute("value") == "k"
+        driver.find_element(By.ID, "file").send_keys(str(wav))
+        driver.find_element(By.ID, "send").click()
+        assert _text_of(driver, "transcript")
+    finally:
+        driver.quit()
+
+
+def test_record_is_disabled_for_a_model_that_cannot_stream(live_server) -> None:  # noqa: F811
+    from selenium.webdriver.common.by import By
+
+    driver = _browser()
+    try:
+        driver.get(live_server + "/")
+        assert "cannot stream" in _text_of(driver, "live-note")
+        assert not driver.find_element(By.ID, "record").is_enabled()
     finally:
         driver.quit()
 
@@ -120,8 +171,10 @@ def streaming_server(trained_streaming: Path):
 
 
 def test_page_records_the_fake_microphone_and_shows_the_live_transcript(streaming_server, tmp_path: Path) -> None:
-    """Chromium's fake microphone plays a WAV of tone words (looped); the page streams it over
-    the WebSocket and shows partial and final results of words the model knows."""
+    """Chromium's fake microphone plays a WAV of tone words (looped); the page captures it with an
+    AudioWorklet (not the deprecated ScriptProcessorNode), streams it over the WebSocket and shows
+    partial results, then each final on its own line with its times and word confidences."""
+    import re
     import time
 
     from selenium.webdriver.common.by import By
@@ -132,19 +185,39 @@ def test_page_records_the_fake_microphone_and_shows_the_live_transcript(streamin
     driver = _browser(fake_audio=mic)
     try:
         driver.get(streaming_server + "/")
-        assert "tones-live" in _text_of(driver, "model")
+        header = _text_of(driver, "model")
+        assert header.startswith("lstm, 1 layer x 64 units, ") and "trained on" in header, header
         assert driver.find_element(By.ID, "live-note").text == ""  # the model can stream
+        driver.execute_script(
+            """
+            window.usedScriptProcessor = false; window.worklets = 0;
+            AudioContext.prototype.createScriptProcessor = function () { window.usedScriptProcessor = true; throw new Error("deprecated"); };
+            const Real = window.AudioWorkletNode;
+            window.AudioWorkletNode = class extends Real { constructor(...a) { super(...a); window.worklets += 1; } };
+            """
+        )
         driver.find_element(By.ID, "record").click()
         seen: set[str] = set()
-        deadline = time.time() + 40
-        while time.time() < deadline and not driver.find_element(By.ID, "live-final").text.strip():
+        deadline = time.time() + 60
+        while time.time() < deadline and len(driver.find_elements(By.CSS_SELECTOR, "#live-final .line")) < 2:
             seen.add(driver.find_element(By.ID, "live-partial").text.strip())
             time.sleep(0.05)
-        final = driver.find_element(By.ID, "live-final").text.split()
+        lines = driver.find_elements(By.CSS_SELECTOR, "#live-final .line")
+        texts = [line.text for line in lines]
+        words = [[w.text for w in line.find_elements(By.CSS_SELECTOR, "span.w")] for line in lines]
+        confidences = [float(w.get_attribute("data-confidence")) for line in lines for w in line.find_elements(By.CSS_SELECTOR, "span.w")]
         driver.find_element(By.ID, "stop").click()
-        assert final, f"no final result; partials seen: {sorted(seen)}"
-        letters = "".join(final)  # the small tone model may run two words together
-        assert set(letters) <= set("".join(WORDS)) and any(w in letters for w in ("CAB", "DAD", "BAD")), final
+        assert driver.execute_script("return window.worklets") == 1 and not driver.execute_script("return window.usedScriptProcessor")
+        assert len(lines) >= 2, f"finals: {texts}; partials seen: {sorted(seen)}"
+        spans = []
+        for text, ws in zip(texts, words, strict=True):  # "0.20-1.68 s CAB DAD": one utterance a line
+            m = re.fullmatch(r"(\d+\.\d\d)-(\d+\.\d\d) s (.+)", text)
+            assert m and ws and m.group(3).split() == ws, text
+            spans.append((float(m.group(1)), float(m.group(2))))
+        assert all(a < b <= c for (a, b), (c, _) in zip(spans, spans[1:], strict=False)), spans
+        letters = "".join(w for ws in words for w in ws)  # the small tone model may run two words together
+        assert set(letters) <= set("".join(WORDS)) and any(w in letters for w in ("CAB", "DAD", "BAD")), words
+        assert all(0 <= c <= 1 for c in confidences)
         assert any(p for p in seen), "no partial result was shown before the final"
     finally:
         driver.quit()

@@ -71,6 +71,21 @@ def test_health_models_and_page(client) -> None:
     assert page.status_code == 200 and "<form" in page.text and "/v1/audio/transcriptions" in page.text
 
 
+def test_health_describes_the_model_and_what_it_can_do(client, model, streaming_model) -> None:
+    health = client.get("/health").json()
+    assert health["description"] == f"blstm, 1 layer x 64 units per direction, {len(model.tokenizer.tokens) - 2} character tokens, trained on " + "/".join(Path(model.cfg.data.train).parts[-3:])
+    assert health["layers"] == ["layer 1 (blstm, 2 x 64 units)"] and health["streaming"] is False
+    with _client(streaming_model) as c:
+        health = c.get("/health").json()
+    assert health["streaming"] is True and health["kind"] == "lstm" and health["description"].startswith("lstm, 1 layer x 64 units, ")
+
+
+def test_favicon_is_an_icon_and_needs_no_key(model) -> None:
+    with _client(model, api_key="s3cret") as c:
+        r = c.get("/favicon.ico")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("image/svg+xml") and r.text.startswith("<svg")
+
+
 def test_every_response_format_matches_asr_transcribe(client, model, utterances) -> None:
     import asr
 
