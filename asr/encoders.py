@@ -165,18 +165,23 @@ class Encoder(nn.Module):
         Raises NotStreamingError for an encoder that needs the whole utterance."""
         raise NotStreamingError(f"model.kind {self.cfg.kind!r} cannot stream: it needs the whole utterance (streaming kinds: {', '.join(streaming_names()) or 'none'})")
 
-    def step(self, x: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any]:
+    def step(self, x: torch.Tensor, state: Any, gates: list[dict[str, torch.Tensor]] | None = None) -> tuple[torch.Tensor, Any]:
         """The next chunk x (B, n, input_dim) of stacked frames from `state` -> the outputs that
         are final now (B, m, output_dim), in order from the first frame of the stream on, and the
         state after it (m = n for an encoder without look-ahead; one with look-ahead holds
         frames back until the input they wait for has come). Chunk after chunk and then
-        `finish`, the outputs of `forward` on the whole (eval mode: no dropout). Raises
+        `finish`, the outputs of `forward` on the whole (eval mode: no dropout). With a list as
+        `gates`, one dict per layer is appended to it: the layer's state at the output frames,
+        computed in the same run (an LSTM's "input", "forget", "output" gates and "cell" state
+        of its forward direction, another layer's "hidden" output), each (B, m, H); empty for a
+        layer without such values. Nothing is kept when `gates` is None. Raises
         NotStreamingError where `streaming` is false."""
         raise NotStreamingError(f"model.kind {self.cfg.kind!r} cannot stream: it needs the whole utterance (streaming kinds: {', '.join(streaming_names()) or 'none'})")
 
-    def finish(self, state: Any) -> torch.Tensor:
+    def finish(self, state: Any, gates: list[dict[str, torch.Tensor]] | None = None) -> torch.Tensor:
         """The outputs still held back at the end of the input (B, m, output_dim), computed as
-        `forward` computes the end of an utterance (the input padded with zeros). Raises
+        `forward` computes the end of an utterance (the input padded with zeros); `gates` as for
+        `step`. Raises
         NotStreamingError where `streaming` is false."""
         raise NotStreamingError(f"model.kind {self.cfg.kind!r} cannot stream: it needs the whole utterance (streaming kinds: {', '.join(streaming_names()) or 'none'})")
 
@@ -328,14 +333,22 @@ def lstm_gates(lstm: nn.LSTM, x: torch.Tensor) -> GateTrace:
 SHORT_RUN = 16  # at most this many steps: `run_layer` steps an LSTM itself when no gradient is needed
 
 
-def run_layer(layer: nn.RNNBase, x: torch.Tensor, state: Any = None) -> tuple[torch.Tensor, Any]:
+def run_layer(layer: nn.RNNBase, x: torch.Tensor, state: Any = None, gates: dict[str, torch.Tensor] | None = None) -> tuple[torch.Tensor, Any]:
     """`layer(x, state)` for a one-layer, one-direction, batch-first recurrent layer: outputs
     (B, T, H) and the state after them. Without autograd, an LSTM over at most SHORT_RUN steps
     is stepped here with its own weights (the same arithmetic, PyTorch's gate order): on a CPU
     the fused kernel has a fixed cost per call that outweighs a few steps, and a few steps are
-    what a stream runs on each new piece of audio."""
+    what a stream runs on each new piece of audio.
+
+    With a dict as `gates`, an LSTM is stepped here whatever the length, and the dict gets its
+    gates and cell state at every step, "input", "forget", "output", "cell", each (B, T, H)
+    (`GateSteps`); another cell puts its outputs as "hidden". The outputs are the same."""
     frames = x.shape[1]
-    if layer.mode != "LSTM" or torch.is_grad_enabled() or not 0 < frames <= SHORT_RUN or getattr(layer, "proj_size", 0):
+    if gates is not None and (layer.mode != "LSTM" or not frames or getattr(layer, "proj_size", 0)):
+        y, state = layer(x, state)
+        gates["hidden"] = y
+        return y, state
+    if gates is None and (layer.mode != "LSTM" or torch.is_grad_enabled() or not 0 < frames <= SHORT_RUN or getattr(layer, "proj_size", 0)):
         return layer(x, state)
     if state is None:
         h = x.new_zeros(x.shape[0], layer.hidden_size)
@@ -345,12 +358,32 @@ def run_layer(layer: nn.RNNBase, x: torch.Tensor, state: Any = None) -> tuple[to
     x_part = F.linear(x, layer.weight_ih_l0, layer.bias_ih_l0)
     w_hh, b_hh = layer.weight_hh_l0.t(), layer.bias_hh_l0
     outputs = []
+    if gates is not None:
+        steps: dict[str, list[torch.Tensor]] = {"input": [], "forget": [], "output": [], "cell": []}
+        for t in range(frames):
+            i, f, g, o = torch.addmm(b_hh, h, w_hh).add_(x_part[:, t]).chunk(4, dim=-1)
+            i, f, o = torch.sigmoid(i), torch.sigmoid(f), torch.sigmoid(o)
+            c = f * c + i * torch.tanh(g)
+            h = o * torch.tanh(c)
+            outputs.append(h)
+            for name, v in zip(("input", "forget", "output", "cell"), (i, f, o, c), strict=True):
+                steps[name].append(v)
+        gates.update({name: torch.stack(v, dim=1) for name, v in steps.items()})
+        return torch.stack(outputs, dim=1), (h[None], c[None])
     for t in range(frames):
         i, f, g, o = torch.addmm(b_hh, h, w_hh).add_(x_part[:, t]).chunk(4, dim=-1)
         c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
         h = torch.sigmoid(o) * torch.tanh(c)
         outputs.append(h)
     return torch.stack(outputs, dim=1), (h[None], c[None])
+
+
+GateSteps = dict[str, torch.Tensor]  # one layer's forward direction over a stream's frames: "input", "forget", "output", "cell" (LSTM) or "hidden", each (B, m, H)
+
+
+def _frames_of(steps: list[GateSteps], start: int, stop: int | None = None) -> list[GateSteps]:
+    """Each layer's gate steps, frames start:stop."""
+    return [{k: v[:, start:stop] for k, v in layer.items()} for layer in steps]
 
 
 def _stacked(grads: Iterator[torch.Tensor | None], states: list[torch.Tensor]) -> torch.Tensor:
@@ -490,32 +523,43 @@ class RecurrentEncoder(Encoder):
         zeros = [torch.zeros(1, batch, self.cfg.hidden, device=device, dtype=dtype) for _ in self.forward_layers]
         return RecurrentState([(h, torch.zeros_like(h)) if self.cell is nn.LSTM else h for h in zeros], self.lookahead)
 
-    def step(self, x: torch.Tensor, state: RecurrentState) -> tuple[torch.Tensor, RecurrentState]:
+    def step(self, x: torch.Tensor, state: RecurrentState, gates: list[GateSteps] | None = None) -> tuple[torch.Tensor, RecurrentState]:
         """The next frames x (B, n, input_dim) -> the outputs now final (B, n - dropped,
         output_dim): the first `lookahead` outputs of a stream belong to no frame and are dropped,
-        so output k is the one for input frame k; `finish` gives the last `lookahead`."""
+        so output k is the one for input frame k; `finish` gives the last `lookahead`. With a
+        list as `gates`, each layer's `GateSteps` for the output frames are appended to it (the
+        values `gates()` gives for those frames)."""
         if not self.streaming:
             return super().step(x, state)
         if x.shape[1] == 0:
+            if gates is not None:
+                gates.extend({} for _ in self.forward_layers)
             return x.new_zeros(x.shape[0], 0, self.output_dim), state
-        layers = []
+        layers, steps = [], []
         for i, (layer, s) in enumerate(zip(self.forward_layers, state.layers, strict=True)):
             if i > 0:
                 x = self.dropout(x)
-            x, s = run_layer(layer, x, s)
+            trace: GateSteps | None = {} if gates is not None else None
+            x, s = run_layer(layer, x, s, trace)
             layers.append(s)
+            steps.append(trace)
         drop = min(state.to_drop, x.shape[1])
+        if gates is not None:
+            gates.extend(_frames_of(steps, drop))
         return x[:, drop:], RecurrentState(layers, state.to_drop - drop)
 
-    def finish(self, state: RecurrentState) -> torch.Tensor:
+    def finish(self, state: RecurrentState, gates: list[GateSteps] | None = None) -> torch.Tensor:
         """The outputs of the last `lookahead` frames (B, lookahead, output_dim) or fewer when
-        the stream was shorter: the layers run over `lookahead` zero frames, as `forward` pads."""
+        the stream was shorter: the layers run over `lookahead` zero frames, as `forward` pads.
+        `gates` as for `step`."""
         if not self.streaming:
             return super().finish(state)
         first = state.layers[0][0] if self.cell is nn.LSTM else state.layers[0]
         if not self.lookahead:
+            if gates is not None:
+                gates.extend({} for _ in self.forward_layers)
             return first.new_zeros(first.shape[1], 0, self.output_dim)
-        y, _ = self.step(first.new_zeros(first.shape[1], self.lookahead, self.input_dim), state)
+        y, _ = self.step(first.new_zeros(first.shape[1], self.lookahead, self.input_dim), state, gates)
         return y
 
 
@@ -674,20 +718,25 @@ class LCBLSTMEncoder(RecurrentEncoder):
     def lookahead_frames(self) -> int:
         return self.chunk - 1 + self.right_context
 
-    def _layer(self, i: int, main: torch.Tensor, right: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor] | None) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+    def _layer(self, i: int, main: torch.Tensor, right: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor] | None, gates: GateSteps | None = None) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         """Layer i over whole chunks: main (B, n*C, D) the chunks' frames, right (B, n, R, D) each
         chunk's right-context frames as its window sees them, `state` the forward state before
         the first chunk (None: zeros) -> the outputs for both (B, n*C, 2H) and (B, n, R, 2H),
-        and the forward state after the last chunk."""
+        and the forward state after the last chunk. A dict as `gates` gets the forward
+        direction's `GateSteps` over the chunks' frames (B, n*C, H)."""
         fwd, bwd = self.forward_layers[i], self.backward_layers[i]
         batch, frames, dim = main.shape
         c, r = self.chunk, self.right_context
         n = frames // c
-        outs, ends = [], []
+        outs, ends, traces = [], [], []
         for k in range(n):
-            y, state = run_layer(fwd, main[:, k * c : (k + 1) * c], state)
+            trace: GateSteps | None = {} if gates is not None else None
+            y, state = run_layer(fwd, main[:, k * c : (k + 1) * c], state, trace)
             outs.append(y)
             ends.append(state)
+            traces.append(trace)
+        if gates is not None and traces:
+            gates.update({name: torch.cat([t[name] for t in traces], dim=1) for name in traces[0]})
         f_main = torch.cat(outs, dim=1)
         hidden = f_main.shape[-1]
         window = torch.cat([main.reshape(batch, n, c, dim), right], dim=2).reshape(batch * n, c + r, dim)
@@ -703,17 +752,20 @@ class LCBLSTMEncoder(RecurrentEncoder):
             out_right = main.new_zeros(batch, n, 0, 2 * hidden)
         return out_main, out_right, state
 
-    def _run(self, x: torch.Tensor, states: list[Any] | None, layer_outputs: list[torch.Tensor] | None = None) -> tuple[torch.Tensor, list[Any]]:
+    def _run(self, x: torch.Tensor, states: list[Any] | None, layer_outputs: list[torch.Tensor] | None = None, gates: list[GateSteps] | None = None) -> tuple[torch.Tensor, list[Any]]:
         """x (B, n*C + R, input_dim): whole windows -> the top layer's outputs for the n chunks
         (B, n*C, output_dim) and each layer's forward state after them; `states` those before
-        (None: zeros)."""
+        (None: zeros). A list as `gates` gets each layer's forward `GateSteps` over the n*C frames."""
         n = (x.shape[1] - self.right_context) // self.chunk
         main, right = x[:, : n * self.chunk], _window_frames(x, n, self.chunk, self.right_context)
         new_states = []
         for i in range(len(self.forward_layers)):
             if i > 0:
                 main, right = self.dropout(main), self.dropout(right)
-            main, right, s = self._layer(i, main, right, None if states is None else states[i])
+            trace: GateSteps | None = {} if gates is not None else None
+            main, right, s = self._layer(i, main, right, None if states is None else states[i], trace)
+            if gates is not None:
+                gates.append(trace)
             new_states.append(s)
             if layer_outputs is not None:
                 layer_outputs.append(main)
@@ -782,21 +834,30 @@ class LCBLSTMEncoder(RecurrentEncoder):
         zeros = [torch.zeros(1, batch, self.cfg.hidden, device=device, dtype=dtype) for _ in self.forward_layers]
         return ChunkState([(h, torch.zeros_like(h)) for h in zeros], torch.zeros(batch, 0, self.input_dim, device=device, dtype=dtype))
 
-    def step(self, x: torch.Tensor, state: ChunkState) -> tuple[torch.Tensor, ChunkState]:
+    def step(self, x: torch.Tensor, state: ChunkState, gates: list[GateSteps] | None = None) -> tuple[torch.Tensor, ChunkState]:
         """The next frames x (B, n, input_dim) -> the outputs of every chunk whose right context
-        has now arrived (B, m*C, output_dim), all of them in one run; the frames after them wait."""
+        has now arrived (B, m*C, output_dim), all of them in one run; the frames after them wait.
+        With a list as `gates`, each layer's forward-direction `GateSteps` for the output frames
+        are appended to it (the values `gates()` gives for those frames)."""
         pending = torch.cat([state.pending, x], dim=1)
         ready = max(0, (pending.shape[1] - self.right_context) // self.chunk)
         if not ready:
+            if gates is not None:
+                gates.extend({} for _ in self.forward_layers)
             return pending.new_zeros(pending.shape[0], 0, self.output_dim), ChunkState(state.layers, pending)
-        y, layers = self._run(pending[:, : ready * self.chunk + self.right_context], state.layers)
+        y, layers = self._run(pending[:, : ready * self.chunk + self.right_context], state.layers, gates=gates)
         return y, ChunkState(layers, pending[:, ready * self.chunk :])
 
-    def finish(self, state: ChunkState) -> torch.Tensor:
+    def finish(self, state: ChunkState, gates: list[GateSteps] | None = None) -> torch.Tensor:
         """The outputs of the pending frames (B, n, output_dim), the input padded with zeros to
-        whole windows as `forward` pads it."""
+        whole windows as `forward` pads it. `gates` as for `step`."""
         frames = state.pending.shape[1]
         if not frames:
+            if gates is not None:
+                gates.extend({} for _ in self.forward_layers)
             return state.pending.new_zeros(state.pending.shape[0], 0, self.output_dim)
-        y, _ = self._run(self._padded(state.pending), state.layers)
+        steps: list[GateSteps] | None = [] if gates is not None else None
+        y, _ = self._run(self._padded(state.pending), state.layers, gates=steps)
+        if gates is not None:
+            gates.extend(_frames_of(steps, 0, frames))
         return y[:, :frames]

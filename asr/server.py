@@ -327,7 +327,7 @@ def create_app(model: Any, options: DecodeOptions | None = None, config: ServerC
     async def page() -> Any:
         return HTMLResponse(resources.files("asr").joinpath("web/index.html").read_text(encoding="utf-8"))
 
-    add_page_routes(app)
+    add_page_routes(app, model, batcher, config)
 
     @app.post("/v1/audio/transcriptions")
     async def transcriptions(request: Request) -> Any:

@@ -4,17 +4,29 @@ page's icon.
 `model_info(model)` is what `GET /health` tells the page (and anyone) about the model: its kind,
 whether it can stream, a one-line description from what the checkpoint carries, and its layers
 (for the page's layer selector). `add_page_routes(app, ...)` adds `GET /favicon.ico` (an SVG
-icon, needs no key).
+icon, needs no key) and the page's own upload route, `POST /v1/page/transcribe`:
+
+- multipart `file` (as the OpenAI route) and optionally `inspect` = `all` or a layer number
+  (and `units`, 1-256, default 64);
+- answers `{"text", "duration", "words": [{"word", "start", "end", "confidence"}]}`, the text
+  `asr transcribe` gives, and with `inspect` also `"inspect": {"info", "messages"}`
+  (`asr.live_inspect.file_inspection`: the data `asr inspect` plots, in the WebSocket's
+  `inspect` message form), for recordings up to INSPECT_MAX_SECONDS;
+- errors as the OpenAI route's (`{"error": {...}}`, 400 for bad audio or fields, 503, 504).
 """
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
+from fastapi import Request
 from fastapi.responses import Response
 
-__all__ = ["FAVICON_SVG", "add_page_routes", "can_stream", "describe_model", "model_info"]
+__all__ = ["FAVICON_SVG", "INSPECT_MAX_SECONDS", "add_page_routes", "can_stream", "describe_model", "model_info"]
+
+INSPECT_MAX_SECONDS = 120.0  # longest recording the page's route inspects (the answer grows with it)
 
 # A waveform in a rounded square: the page's icon, here and inline in the page.
 FAVICON_SVG = (
@@ -69,9 +81,77 @@ def model_info(model: Any) -> dict[str, Any]:
     }
 
 
-def add_page_routes(app: Any) -> None:
-    """`GET /favicon.ico`: the page's icon (SVG)."""
+def add_page_routes(app: Any, model: Any = None, batcher: Any = None, config: Any = None) -> None:
+    """`GET /favicon.ico`, and with a model, its batcher and the server's config, the page's upload
+    route `POST /v1/page/transcribe` (module docstring)."""
 
     @app.get("/favicon.ico", include_in_schema=False)
     async def favicon() -> Any:
         return Response(FAVICON_SVG, media_type="image/svg+xml", headers={"Cache-Control": "max-age=86400"})
+
+    if model is None:
+        return
+
+    @app.post("/v1/page/transcribe")
+    async def page_transcribe(request: Request) -> Any:
+        from asr.audio import AudioError
+        from asr.inference import read_audio
+        from asr.live_inspect import DEFAULT_UNITS, check_layer, file_inspection
+        from asr.server import QueueFull, openai_error
+
+        try:
+            form = await request.form(max_files=1, max_fields=8)
+        except Exception as e:  # malformed multipart, too many parts
+            return openai_error(f"could not parse the multipart form: {getattr(e, 'detail', None) or e}", 400, code="invalid_request")
+        upload = form.get("file")
+        if upload is None or isinstance(upload, str):
+            return openai_error("no audio: send the recording as the multipart field 'file'", 400, param="file", code="invalid_request")
+        layers: list[int] = []
+        asked, units = form.get("inspect"), str(form.get("units") or DEFAULT_UNITS)
+        if asked is not None:
+            try:
+                layers = [check_layer(model, n) for n in _layer_numbers(str(asked), len(model_info(model)["layers"]))]
+                if not units.isdigit() or not 1 <= int(units) <= 256:
+                    raise ValueError(f"inspect units must be a whole number from 1 to 256, got {units!r}")
+            except ValueError as e:
+                return openai_error(str(e), 400, param="inspect", code="invalid_request")
+        filename = upload.filename or "file"
+        data = await upload.read()
+        await upload.close()
+        try:
+            audio = await asyncio.to_thread(read_audio, data, None, model.cfg.features.sample_rate, filename)
+        except AudioError as e:
+            return openai_error(str(e), 400, param="file", code="invalid_audio")
+        if layers and audio.duration > INSPECT_MAX_SECONDS:
+            return openai_error(f"{filename}: inspect takes recordings up to {INSPECT_MAX_SECONDS:g} s, this one is {audio.duration:.1f} s", 400, param="inspect", code="invalid_request")
+        try:
+            future = batcher.submit(audio, word_times=True)
+        except QueueFull as e:
+            response = openai_error(f"server busy: {e}; retry later", 503, code="overloaded")
+            response.headers["Retry-After"] = "1"
+            return response
+        try:
+            result = await asyncio.wait_for(asyncio.wrap_future(future), config.request_timeout)
+        except TimeoutError:
+            return openai_error(f"{filename}: transcription took longer than {config.request_timeout:g} s", 504, code="timeout")
+        except Exception as e:
+            return openai_error(f"{filename}: recognition failed: {type(e).__name__}: {e}", 500, code="internal_error")
+        out: dict[str, Any] = {
+            "text": result.text,
+            "duration": round(result.duration, 3),
+            "words": [{"word": w.word, "start": round(w.start, 3), "end": round(w.end, 3), "confidence": round(w.confidence, 3)} for w in result.words],
+        }
+        if layers:
+            try:
+                out["inspect"] = await asyncio.to_thread(file_inspection, model, audio.samples, int(units), layers)
+            except ValueError as e:  # an export
+                return openai_error(f"{filename}: {e}", 400, param="inspect", code="invalid_request")
+        return out
+
+
+
+def _layer_numbers(asked: str, layers: int) -> list[Any]:
+    """The `inspect` field: "all" -> every layer; "N" -> [N]; anything else as given (refused)."""
+    if asked == "all":
+        return list(range(1, layers + 1))
+    return [int(asked)] if asked.isdigit() else [asked]

@@ -12,6 +12,13 @@ The protocol, in the order of a session:
    messages `asr stream` prints: type, text, start, end, words).
 4. The client sends `{"type": "stop"}`; the server sends the remaining finals and closes (1000).
 
+With `"inspect": {"layer": N}` in the start message (optionally `"units": K`), `ready` gains
+`inspect` (the tokens, frame_seconds, layers and shown units) and each piece of audio is
+followed by `{"type": "inspect", ...}` messages: the encoder's gates, cell state and the CTC
+posteriors of the frames it made final (`asr.live_inspect`), before that piece's finals and
+partial; `{"type": "inspect", "layer": N}` switches the layer mid-stream. A layer the model
+lacks is an error (1008). A client that does not ask gets none of this.
+
 Anything else gets `{"type": "error", "message"}` and a close: a model that cannot stream
 (1000, the socket says which kinds can), a missing or wrong key or a message out of order
 (1008), silence from the client for `body_timeout` seconds (1001). A client that disappears
@@ -41,6 +48,7 @@ class _Close(Exception):
 async def serve_stream(websocket: WebSocket, model: Any, options: Any, config: Any, rate_check: SampleRateCheck) -> None:
     """Run one client's stream on `websocket` until it stops, fails or goes away."""
     from asr.encoders import NotStreamingError
+    from asr.live_inspect import LiveInspector, inspect_request, ready_info
     from asr.server import key_matches
     from asr.stream import Stream
 
@@ -63,18 +71,26 @@ async def serve_stream(websocket: WebSocket, model: Any, options: Any, config: A
         if isinstance(rate, bool) or not isinstance(rate, int) or not 1000 <= rate <= 768000:
             raise _Close(f"sample_rate must be a whole number of Hz between 1000 and 768000, got {rate!r}", 1008)
         try:
-            stream = Stream(model, options, rate_check=rate_check)
+            asked = inspect_request(header, model)
+        except ValueError as e:
+            raise _Close(str(e), 1008) from None
+        try:
+            inspector = LiveInspector(model, asked) if asked else None
+            stream = Stream(model, options, rate_check=rate_check, emissions=inspector)
         except NotStreamingError as e:
             raise _Close(str(e), 1000) from None
-        await websocket.send_json({"type": "ready", "sample_rate": model.cfg.features.sample_rate, "model": model.cfg.model.kind})
-        await _run(websocket, stream, rate, config.body_timeout, rate_check)
+        ready = {"type": "ready", "sample_rate": model.cfg.features.sample_rate, "model": model.cfg.model.kind}
+        if asked:
+            ready["inspect"] = {"layer": asked.layer, **ready_info(model, asked.units)}
+        await websocket.send_json(ready)
+        await _run(websocket, stream, rate, config.body_timeout, rate_check, inspector)
     except _Close as e:
         await _close(websocket, e.message, e.code)
     except WebSocketDisconnect:
         return
 
 
-async def _run(websocket: WebSocket, stream: Any, rate: int, idle: float, rate_check: SampleRateCheck) -> None:
+async def _run(websocket: WebSocket, stream: Any, rate: int, idle: float, rate_check: SampleRateCheck, inspector: Any = None) -> None:
     leftover = b""
     last_partial = ""
     while True:
@@ -93,6 +109,7 @@ async def _run(websocket: WebSocket, stream: Any, rate: int, idle: float, rate_c
                 raise _Close(str(e), 1008) from None
             if rate_check.narrowband:
                 rate_check.warn()
+            await _send_inspect(websocket, inspector)
             for final in stream.pop_finals():
                 await websocket.send_json(final.to_dict())
                 last_partial = ""
@@ -104,15 +121,35 @@ async def _run(websocket: WebSocket, stream: Any, rate: int, idle: float, rate_c
             control = json.loads(message.get("text") or "")
         except ValueError:
             raise _Close("text messages must be JSON: {\"type\": \"stop\"}", 1008) from None
+        if inspector is not None and isinstance(control, dict) and control.get("type") == "inspect":
+            inspector.layer = _inspect_layer(stream.model, control)
+            continue
         if not isinstance(control, dict) or control.get("type") not in ("stop", "eof"):
             raise _Close(f"unexpected message {str(control)[:80]!r}: send PCM as binary messages, then {{\"type\": \"stop\"}}", 1008)
         last = await asyncio.to_thread(stream.finish)
+        await _send_inspect(websocket, inspector)
         for final in stream.pop_finals():
             await websocket.send_json(final.to_dict())
         if last.text:
             await websocket.send_json(last.to_dict())
         await websocket.close(1000)
         return
+
+
+async def _send_inspect(websocket: WebSocket, inspector: Any) -> None:
+    if inspector is not None:
+        for message in inspector.messages():
+            await websocket.send_json(message)
+
+
+def _inspect_layer(model: Any, control: dict) -> int:
+    """The layer of a `{"type": "inspect", "layer": N}` message; a bad one closes the stream."""
+    from asr.live_inspect import check_layer
+
+    try:
+        return check_layer(model, control.get("layer"))
+    except ValueError as e:
+        raise _Close(str(e), 1008) from None
 
 
 async def _receive(websocket: WebSocket, idle: float) -> dict:

@@ -62,10 +62,17 @@ class OnlineEmissions:
     audio its output can wait for the encoder's look-ahead (besides the stacked frames and the
     FFT window).
 
+    With `gates`, each `accept` and `finish` also leaves in `last_gates` the encoder's state at
+    the frames it returned, computed in the same run (`Encoder.step`): one dict per layer, an
+    LSTM layer's "input", "forget", "output" and "cell" (forward direction), another's
+    "hidden", each (n_new, H) float32 on the CPU; without it nothing is kept.
+
     Raises NotStreamingError (see `check_streaming`) for a model that cannot stream."""
 
-    def __init__(self, model: Any):
+    def __init__(self, model: Any, gates: bool = False):
         check_streaming(model)
+        self.keep_gates = gates
+        self.last_gates: list[dict[str, torch.Tensor]] = []
         self.recognizer = model
         self.net = model.model.eval()
         self.encoder = self.net.encoder
@@ -129,12 +136,23 @@ class OnlineEmissions:
         stacked = self._pending[: whole * self.stack].reshape(1, whole, self.stack * self._pending.shape[1])
         self._pending = self._pending[whole * self.stack :]
         outputs = []
+        traces: list[list[dict[str, torch.Tensor]]] = []
         if whole:
-            y, self._state = self.encoder.step(stacked, self._state)
+            if self.keep_gates:
+                traces.append([])
+                y, self._state = self.encoder.step(stacked, self._state, traces[-1])
+            else:
+                y, self._state = self.encoder.step(stacked, self._state)
             outputs.append(y)
         if final:
-            outputs.append(self.encoder.finish(self._state))
+            if self.keep_gates:
+                traces.append([])
+                outputs.append(self.encoder.finish(self._state, traces[-1]))
+            else:
+                outputs.append(self.encoder.finish(self._state))
             self._state = None
+        if self.keep_gates:
+            self.last_gates = _joined(traces, len(self.net.encoder.layer_names()))
         outputs = [y for y in outputs if y.shape[1]]
         if not outputs:
             return torch.zeros(0, self.vocab)
@@ -142,6 +160,17 @@ class OnlineEmissions:
         log_probs = self.net.layer_log_probs(y)[0].float().cpu()
         self.frames += log_probs.shape[0]
         return log_probs
+
+
+def _joined(traces: list[list[dict[str, torch.Tensor]]], layers: int) -> list[dict[str, torch.Tensor]]:
+    """Per layer, the gate steps of successive encoder calls one after the other, (n, H) float32
+    on the CPU (batch 1)."""
+    joined = []
+    for i in range(layers):
+        parts = [t[i] for t in traces if i < len(t) and t[i] and next(iter(t[i].values())).shape[1]]
+        names = parts[0].keys() if parts else ()
+        joined.append({k: torch.cat([p[k][0] for p in parts]).float().cpu() for k in names})
+    return joined
 
 
 def stream_log_probs(model: Any, samples: np.ndarray | torch.Tensor, chunk_samples: int) -> torch.Tensor:
