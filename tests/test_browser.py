@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
 
 from tests.conftest import tone_utterance
 from tests.test_server import SR, live_server, model, utterances  # noqa: F401  (fixtures)
@@ -219,5 +220,85 @@ def test_page_records_the_fake_microphone_and_shows_the_live_transcript(streamin
         assert set(letters) <= set("".join(WORDS)) and any(w in letters for w in ("CAB", "DAD", "BAD")), words
         assert all(0 <= c <= 1 for c in confidences)
         assert any(p for p in seen), "no partial result was shown before the final"
+    finally:
+        driver.quit()
+
+
+MAPS = ("cv-forget", "cv-input", "cv-output", "cv-cell", "cv-post")
+DRAWN = """
+const c = document.getElementById(arguments[0]), d = c.getContext("2d").getImageData(0, 0, c.width, c.height).data;
+let n = 0; for (let i = 0; i < d.length; i += 4) if (d[i] !== 250 || d[i + 1] !== 250 || d[i + 2] !== 250) n++;
+return n;
+"""
+
+
+def _drawn(driver, canvas: str) -> int:
+    """Pixels of a canvas that are not the empty background."""
+    return driver.execute_script(DRAWN, canvas)
+
+
+def test_page_draws_the_network_live_while_audio_plays(streaming_server, tmp_path: Path) -> None:
+    """With the fake microphone, the page asks the WebSocket for the network's internals and draws
+    the gates, the cell state and the CTC posteriors; the picture scrolls with the audio, stands
+    still while paused, and hovering a frame tells its time, top tokens and gate means."""
+    import time
+
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+
+    mic = fake_microphone_file(tmp_path / "mic.wav", ["CAB", "DAD", "BAD"])
+    driver = _browser(fake_audio=mic)
+    try:
+        driver.get(streaming_server + "/")
+        _text_of(driver, "model")
+        options = [o.text for o in driver.find_elements(By.CSS_SELECTOR, "#layer option")]
+        assert options == ["layer 1 (lstm, 64 units)"]
+        driver.find_element(By.ID, "record").click()
+        view = driver.execute_script("return viewFrames()")
+        deadline = time.time() + 40
+        while time.time() < deadline and driver.execute_script("return scope.last") < view + 25:
+            time.sleep(0.2)
+        assert driver.execute_script("return scope.last") >= view + 25, "the page got too few inspect frames"
+        for canvas in MAPS:
+            assert _drawn(driver, canvas) > 0.5 * 720 * int(driver.find_element(By.ID, canvas).get_attribute("height")), canvas
+        before = driver.execute_script("return [firstFrame(), document.getElementById('cv-forget').toDataURL(), document.getElementById('cv-post').toDataURL()]")
+        time.sleep(1.0)
+        after = driver.execute_script("return [firstFrame(), document.getElementById('cv-forget').toDataURL(), document.getElementById('cv-post').toDataURL()]")
+        assert after[0] > before[0] and after[1] != before[1] and after[2] != before[2], "the picture did not scroll"
+        driver.find_element(By.ID, "pause").click()
+        time.sleep(0.3)
+        frozen = driver.execute_script("return [firstFrame(), scope.last, document.getElementById('cv-forget').toDataURL()]")
+        time.sleep(1.0)
+        still = driver.execute_script("return [firstFrame(), scope.last, document.getElementById('cv-forget').toDataURL()]")
+        assert still[0] == frozen[0] and still[2] == frozen[2] and still[1] > frozen[1], "paused: the picture moved or the data stopped"
+        ActionChains(driver).move_to_element_with_offset(driver.find_element(By.ID, "cv-forget"), 30, 10).perform()
+        hover = driver.find_element(By.ID, "hover").text
+        assert " s (frame " in hover and "top tokens: " in hover and "forget " in hover and "|c| " in hover, hover
+        driver.find_element(By.ID, "stop").click()
+    finally:
+        driver.quit()
+
+
+def test_page_draws_the_network_of_an_uploaded_file_both_directions(live_server, model, utterances, tmp_path: Path) -> None:  # noqa: F811
+    """A file through the page's own route with the BLSTM: every layer's gates in both directions
+    and the posteriors, drawn, with the file's words over them."""
+    from selenium.webdriver.common.by import By
+
+    wav = tmp_path / "tones.wav"
+    sf.write(wav, utterances[3], SR)
+    driver = _browser()
+    try:
+        driver.get(live_server + "/")
+        driver.find_element(By.ID, "key").send_keys("k")
+        driver.find_element(By.ID, "file").send_keys(str(wav))
+        driver.find_element(By.ID, "send").click()
+        _text_of(driver, "transcript")
+        frames = driver.execute_script("return scope.last + 1")
+        expected = model.model.encoder_input(torch.zeros(1, len(model.extractor(torch.from_numpy(utterances[3]))), model.extractor.dim), torch.tensor([1]))[0].shape[1]
+        assert frames == expected
+        assert driver.execute_script("return [!!scope.gates[1].forward, !!scope.gates[1].backward, scope.words.length]") == [True, True, len(driver.find_elements(By.CSS_SELECTOR, "#transcript span.w"))]
+        for canvas in MAPS:
+            assert _drawn(driver, canvas) > 0, canvas
+        assert _drawn(driver, "cv-words") > 0
     finally:
         driver.quit()
