@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
 
 from tests.conftest import WORDS, tone_utterance
 
@@ -442,3 +443,182 @@ def test_websocket_idle_timeout_and_a_client_that_vanishes(streaming_model) -> N
             ws.receive_json()
             ws.send_bytes(_pcm(np.zeros(SR // 4, np.float32)))
         assert c.get("/health").status_code == 200
+
+
+# ------------------------------------------------------------------- inspect: the network, live
+
+
+def _stream_messages(model, x: np.ndarray, start: dict, piece: int = 3200, control: list | None = None) -> list[dict]:
+    """Every message the WebSocket sends for `x` after `start` (the ready message first)."""
+    pcm = _pcm(x)
+    with _client(model) as c, c.websocket_connect("/v1/stream") as ws:
+        ws.send_json(start)
+        messages = [ws.receive_json()]
+        for i in range(0, len(pcm), piece):
+            ws.send_bytes(pcm[i : i + piece])
+            if control and i == 0:
+                for m in control:
+                    ws.send_json(m)
+        ws.send_json({"type": "stop"})
+        while True:
+            try:
+                messages.append(ws.receive_json())
+            except Exception:  # noqa: BLE001  (the server closed the socket)
+                break
+    return messages
+
+
+def _decode(message: dict, info: dict) -> dict[str, np.ndarray]:
+    """An inspect message's arrays: gates in [0, 1], cell float, posteriors (frames, V)."""
+    import base64
+
+    n, k, vocab = message["frames"], len(info["layers"][message["layer"] - 1]["units"]["forward"]), len(info["tokens"])
+    raw = {name: base64.b64decode(v) for name, v in message["forward"].items()}
+    out = {g: np.frombuffer(raw[g], np.uint8).reshape(n, k) / 255 for g in ("input", "forget", "output")}
+    out["cell"] = np.frombuffer(raw["cell"], "<f2").reshape(n, k).astype(np.float32)
+    out["means"] = np.frombuffer(raw["means"], "<f2").reshape(n, 4).astype(np.float32)
+    out["posteriors"] = np.frombuffer(base64.b64decode(message["posteriors"]), np.uint8).reshape(n, vocab) / 255
+    return out
+
+
+def test_websocket_inspect_messages_carry_the_gates_and_posteriors_and_nothing_else_changes(streaming_model) -> None:
+    """Asked with "inspect": {"layer": 1}, the stream sends its usual messages, the very same as
+    a stream that does not ask, and besides them per piece of audio an inspect message: frames
+    counted from the start, gates and cell state of the shown units, posteriors that sum to 1;
+    together they cover every output frame, and their values are those `asr inspect` computes."""
+    from asr.inspect import inspect_features
+
+    rng = np.random.default_rng(5)
+    x = tone_utterance(["CAB", "DAD"], rng)
+    plain = _stream_messages(streaming_model, x, {"type": "start", "sample_rate": SR})
+    asked = _stream_messages(streaming_model, x, {"type": "start", "sample_rate": SR, "inspect": {"layer": 1}})
+    assert set(plain[0]) == {"type", "sample_rate", "model"} and all(m["type"] != "inspect" for m in plain)
+    ready = asked[0]
+    assert {k: v for k, v in ready.items() if k != "inspect"} == plain[0]
+    assert [m for m in asked[1:] if m["type"] != "inspect"] == plain[1:]
+    info = ready["inspect"]
+    hidden = streaming_model.cfg.model.hidden
+    assert info["tokens"] == list(streaming_model.tokenizer.tokens) and info["layer"] == 1
+    assert info["frame_seconds"] == pytest.approx(streaming_model.model.stack * streaming_model.cfg.features.hop_ms / 1000)
+    units = info["layers"][0]["units"]["forward"]
+    assert sorted(units) == list(range(hidden)) and info["layers"][0]["name"] == "layer 1 (lstm, 64 units)"
+    inspects = [m for m in asked if m["type"] == "inspect"]
+    assert inspects and all(set(m) == {"type", "layer", "frame", "frames", "forward", "posteriors"} and m["layer"] == 1 for m in inspects)
+    assert all(set(m["forward"]) == {"input", "forget", "output", "cell", "means"} for m in inspects)
+    want = inspect_features(streaming_model, streaming_model.extractor(torch.from_numpy(np.frombuffer(_pcm(x), "<i2").astype(np.float32) / 32768)))
+    frames = np.zeros(len(want.log_probs), int)
+    for m in inspects:
+        got = _decode(m, info)
+        span = slice(m["frame"], m["frame"] + m["frames"])
+        frames[span] += 1
+        g = want.gates[0]
+        for name, ref in (("input", g.input_gate), ("forget", g.forget_gate), ("output", g.output_gate)):
+            assert np.abs(got[name] - ref[span][:, units]).max() <= 0.5 / 255 + 1e-3, name  # uint8 steps
+            assert np.abs(got["means"][:, ("input", "forget", "output").index(name)] - ref[span].mean(1)).max() < 2e-3
+        assert np.allclose(got["cell"], g.cell[span][:, units], rtol=1e-3, atol=1e-3)  # float16
+        assert np.abs(got["posteriors"] - np.exp(want.log_probs[span])).max() <= 0.5 / 255 + 1e-3
+        assert np.abs(got["posteriors"].sum(1) - 1).max() <= len(info["tokens"]) * 0.5 / 255
+    assert (frames == 1).all(), "each output frame once (no endpoint inside this utterance)"
+
+
+def test_live_inspector_gates_equal_asr_inspect_before_quantisation(streaming_model) -> None:
+    """`asr.stream` with the inspecting acoustic model in odd pieces: the gates and cell state
+    of every frame equal `asr inspect`'s for the same model and layer within 1e-3."""
+    import asr
+    from asr.inspect import inspect_features
+    from asr.live_inspect import InspectRequest, LiveInspector
+
+    x = tone_utterance(["BAD", "CAB", "ADD"], np.random.default_rng(8))
+    inspector = LiveInspector(streaming_model, InspectRequest(1))
+    stream = asr.stream(streaming_model, emissions=inspector)
+    for i in range(0, len(x), 777):
+        stream.accept(x[i : i + 777], SR)
+    stream.finish()
+    records = inspector.traces()
+    want = inspect_features(streaming_model, streaming_model.extractor(torch.from_numpy(x)))
+    assert [r[0] for r in records] == list(np.cumsum([0] + [len(r[1]) for r in records[:-1]]))
+    g = want.gates[0]
+    for name, ref in (("input", g.input_gate), ("forget", g.forget_gate), ("output", g.output_gate), ("cell", g.cell)):
+        got = np.concatenate([r[2][0][name].numpy() for r in records])
+        assert got.shape == ref.shape and np.abs(got - ref).max() < 1e-3, name
+    assert np.abs(torch.cat([r[1] for r in records]).numpy() - want.log_probs).max() < 1e-3
+
+
+@pytest.mark.parametrize(
+    ("start", "control", "message"),
+    [
+        ({"inspect": {"layer": 2}}, None, "from 1 to 1 (this model's layers: layer 1 (lstm, 64 units)), got 2"),
+        ({"inspect": {"layer": 0}}, None, "got 0"),
+        ({"inspect": {"layer": "1"}}, None, "got '1'"),
+        ({"inspect": 1}, None, 'inspect must be {"layer": N}'),
+        ({"inspect": {"layer": 1, "units": 0}}, None, "units"),
+        ({"inspect": {"layer": 1}}, [{"type": "inspect", "layer": 7}], "got 7"),
+    ],
+    ids=["missing-layer", "zero", "string", "not-a-dict", "no-units", "switch-to-missing"],
+)
+def test_websocket_inspect_of_a_layer_the_model_lacks_is_an_error_and_a_clean_close(streaming_model, start: dict, control, message: str) -> None:
+    from starlette.websockets import WebSocketDisconnect
+
+    with _client(streaming_model) as c, c.websocket_connect("/v1/stream") as ws:
+        ws.send_json({"type": "start", "sample_rate": SR, **start})
+        if control:
+            assert ws.receive_json()["type"] == "ready"
+            ws.send_bytes(_pcm(np.zeros(SR // 10, np.float32)))
+            for m in control:
+                ws.send_json(m)
+        reply = ws.receive_json()
+        while reply["type"] == "inspect" or reply["type"] == "partial":
+            reply = ws.receive_json()
+        assert reply["type"] == "error" and message in reply["message"], reply
+        with pytest.raises(WebSocketDisconnect) as closed:
+            ws.receive_json()
+        assert closed.value.code == 1008
+        assert c.get("/health").status_code == 200
+
+
+def test_websocket_inspect_switches_layer_mid_stream(trained_streaming: Path, tmp_path: Path) -> None:
+    """{"type": "inspect", "layer": N} mid-stream: later inspect messages are of layer N."""
+    import asr
+
+    model = asr.load_model(trained_streaming / "best.pt")
+    layers = len(model.model.encoder.layer_names())
+    x = tone_utterance(["CAB"], np.random.default_rng(2))
+    messages = _stream_messages(model, x, {"type": "start", "sample_rate": SR, "inspect": {"layer": 1}}, control=[{"type": "inspect", "layer": layers}])
+    seen = [m["layer"] for m in messages if m["type"] == "inspect"]
+    assert seen and seen[-1] == layers
+
+
+def test_page_route_gives_the_text_words_and_every_layer_both_directions(client, model, utterances) -> None:
+    """POST /v1/page/transcribe: the text and words of `asr transcribe`, and with inspect=all the
+    BLSTM's layers in both directions, the forward one `asr inspect`'s gates, the backward one
+    the gates whose hidden state is the model's backward output."""
+    import base64
+
+    import asr
+    from asr.inspect import inspect_features
+    from asr.live_inspect import file_gates
+
+    x = utterances[2]
+    expected = asr.transcribe(model, x, sample_rate=SR)
+    r = client.post("/v1/page/transcribe", files={"file": ("a.wav", _wav_bytes(x), "audio/wav")})
+    assert r.status_code == 200 and r.json()["text"] == expected.text and "inspect" not in r.json()
+    assert [w["word"] for w in r.json()["words"]] == expected.text.split()
+    assert all(abs(w["confidence"] - e.confidence) < 1e-3 for w, e in zip(r.json()["words"], expected.words, strict=True))
+    body = client.post("/v1/page/transcribe", files={"file": ("a.wav", _wav_bytes(x), "audio/wav")}, data={"inspect": "all"}).json()
+    info, messages = body["inspect"]["info"], body["inspect"]["messages"]
+    samples = np.frombuffer(_wav_bytes(x)[44:], "<i2").astype(np.float32) / 32768
+    want = inspect_features(model, model.extractor(torch.from_numpy(samples)))
+    assert [m["layer"] for m in messages] == [1] and set(messages[0]) == {"type", "layer", "frame", "frames", "forward", "backward", "posteriors"}
+    m = messages[0]
+    assert m["frame"] == 0 and m["frames"] == len(want.log_probs)
+    units = info["layers"][0]["units"]
+    forget = np.frombuffer(base64.b64decode(m["forward"]["forget"]), np.uint8).reshape(m["frames"], -1) / 255
+    assert np.abs(forget - want.gates[0].forget_gate[:, units["forward"]]).max() <= 0.5 / 255 + 1e-3
+    _, layers = file_gates(model, model.extractor(torch.from_numpy(samples)))
+    hidden = model.cfg.model.hidden
+    back = layers[0]["backward"]
+    h = back["output"] * np.tanh(back["cell"])  # h_t = o tanh(c_t): the backward run's own output
+    assert np.abs(h - want.layer_outputs[0][:, hidden:]).max() < 1e-4
+    for bad in ("2", "x", "0"):
+        r = client.post("/v1/page/transcribe", files={"file": ("a.wav", _wav_bytes(x), "audio/wav")}, data={"inspect": bad})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "inspect" and "layer" in r.json()["error"]["message"], bad

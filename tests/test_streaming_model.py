@@ -344,3 +344,41 @@ def test_the_new_kinds_train_and_the_trained_model_streams(model: str, tmp_path:
     want = offline(rec, x)
     for chunk in (160, 1234):
         assert (stream_log_probs(rec, x, chunk) - want).abs().max() < 1e-4
+
+
+@pytest.mark.parametrize(
+    ("kind", "kw"),
+    [("lstm", {}), ("lstm", {"lookahead": 4}), ("lcblstm", {"chunk": 5, "right_context": 3}), ("lcblstm", {"chunk": 40, "right_context": 2}), ("gru", {"lookahead": 2})],
+)
+def test_step_keeps_the_gates_it_computes_and_they_are_the_inspected_ones(kind: str, kw: dict) -> None:
+    """`Encoder.step(..., gates=[])`: per layer the forward direction's gates and cell state of
+    the frames it outputs, the values `Encoder.gates` (what `asr inspect` plots) gives for the
+    whole input; the outputs are those of a step without it. A GRU has no gates: its outputs."""
+    model, x, lengths = _stacked(kind, **kw)
+    stacked, _ = model.encoder_input(x[:1, :37], lengths[:1])
+    with torch.no_grad():
+        whole = model.encoder.gates(stacked[0])
+        state, plain_state = model.encoder.init_state(1), model.encoder.init_state(1)
+        steps: list[list[dict]] = []
+        outputs, plain, start = [], [], 0
+        for size in (1, 4, 2, 11, 3, 30, 0):
+            steps.append([])
+            y, state = model.encoder.step(stacked[:1, start : start + size], state, steps[-1])
+            p, plain_state = model.encoder.step(stacked[:1, start : start + size], plain_state)
+            outputs.append(y)
+            plain.append(p)
+            assert all(not layer or next(iter(layer.values())).shape[1] == y.shape[1] for layer in steps[-1])
+            start += size
+        steps.append([])
+        outputs.append(model.encoder.finish(state, steps[-1]))
+        plain.append(model.encoder.finish(plain_state))
+    assert (torch.cat(outputs, 1) - torch.cat(plain, 1)).abs().max() < 1e-6
+    layers = len(model.encoder.layer_names())
+    assert all(len(s) == layers for s in steps)
+    joined = [{k: torch.cat([s[i][k] for s in steps if s[i]], 1)[0] for k in next(s[i] for s in steps if s[i])} for i in range(layers)]
+    if kind == "gru":
+        assert not whole and all(set(j) == {"hidden"} for j in joined)
+        return
+    for trace, g in zip(joined, whole, strict=True):
+        for name, want in (("input", g.input_gate), ("forget", g.forget_gate), ("output", g.output_gate), ("cell", g.cell)):
+            assert trace[name].shape == want.shape and (trace[name].numpy() - want).__abs__().max() < 1e-5, name
