@@ -275,7 +275,8 @@ def parse_override(text: str) -> tuple[str, Any]:
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Defaults, then the TOML file, then `section.key=value` overrides."""
+    """Defaults, then the TOML file, then `section.key=value` overrides. A recipe's config.toml
+    is a training config too: its [recipe] table, which only `asr recipe` reads, is skipped."""
     cfg = Config()
     if path is not None:
         path = Path(path)
@@ -285,6 +286,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise ConfigError(f"{path}: file not found") from None
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
             raise ConfigError(f"{path}: not valid TOML ({e})") from None
+        d.pop("recipe", None)  # a recipe's own table (corpus, splits, download), read by asr.recipe
         cfg = Config.from_dict(d, where=str(path))
     for text in overrides or []:
         key, value = parse_override(text)

@@ -1,5 +1,5 @@
-"""What several commands share: output on stdout/stderr, the thread count, and the decoding
-options (flags over the checkpoint's [decode] settings and a decoder file)."""
+"""What several commands share: output on stdout/stderr, parse errors as one line, the thread
+count, and the decoding options (flags over the checkpoint's [decode] settings and a decoder file)."""
 
 from __future__ import annotations
 
@@ -45,6 +45,27 @@ def fail(text: str) -> typer.Exit:
     """Say `error: text` on stderr; the caller raises the returned Exit(1)."""
     warn(f"error: {text}")
     return typer.Exit(1)
+
+
+def usage_error(e: typer.TyperException) -> str:
+    """A parse error of the command line (a bad value, an unknown option, a missing argument)
+    as one line: what is wrong, the value given where the parser says it, and where the help is."""
+    message = " ".join(e.format_message().split()).rstrip(".")
+    if message[:1].isupper() and message[1:2].islower():
+        message = message[0].lower() + message[1:]
+    errors = getattr(e.__cause__, "errors", None)  # typer's coercion: a pydantic ValidationError
+    if callable(errors) and ":" in message:
+        try:
+            given = errors()[0]["input"]
+        except (TypeError, LookupError, AttributeError):
+            given = None
+        if isinstance(given, str):
+            head, _, rest = message.partition(": ")
+            message = f"{head}: {given!r}: {rest[:1].lower() + rest[1:]}"
+    ctx = getattr(e, "ctx", None)
+    if ctx is not None and ctx.command.get_help_option(ctx) is not None:
+        message += f"; see '{ctx.command_path} {ctx.help_option_names[0]}'"
+    return message
 
 
 def set_threads(n: int) -> None:

@@ -25,6 +25,7 @@ from cli.common import (
     _numbers,
     _speeds,
     decode_options,
+    usage_error,
 )
 from cli.common import echo as _echo
 from cli.common import fail as _fail
@@ -426,17 +427,29 @@ def recipe_list_cmd() -> None:
 
 
 def main() -> None:
-    """Entry point: known errors become one line on stderr and exit status 1 (ASR_DEBUG=1 shows tracebacks)."""
+    """Entry point: parse errors exit 2 and known errors exit 1, each as one line on stderr
+    (`error: ...`; ASR_DEBUG=1 shows tracebacks)."""
     try:
-        app()
+        code = app(prog_name="asr", standalone_mode=False)  # `asr` also under python -m
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         sys.exit(130)
+    except typer.TyperException as e:  # typer's parse errors, and typer.BadParameter of a command
+        if type(e).__name__ == "NoArgsIsHelpError":  # `asr` or `asr lm` alone: the help is the answer
+            if e.format_message().strip():  # without rich the help is in the message
+                typer.echo(e.format_message())
+            sys.exit(2)
+        _warn(f"error: {usage_error(e)}")
+        sys.exit(getattr(e, "exit_code", 2))
+    except typer.Abort:
+        typer.echo("aborted", err=True)
+        sys.exit(1)
     except (ValueError, OSError, RuntimeError) as e:
         if os.environ.get("ASR_DEBUG"):
             raise
         typer.echo(f"error: {e}", err=True)
         sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

@@ -50,3 +50,22 @@ def test_override_syntax() -> None:
         parse_override("train.lr")
     with pytest.raises(ConfigError, match="unknown key 'train.rate'"):
         load_config(None, ["train.rate=1"])
+
+
+def test_a_recipe_config_is_a_training_config(tmp_path: Path) -> None:
+    """`asr train recipes/NAME/config.toml`: the [recipe] table (read by `asr recipe` only) is
+    skipped; everything else of the file applies, and a bad key elsewhere is still an error."""
+    root = Path(__file__).resolve().parents[1] / "recipes"
+    for config in sorted(root.glob("*/config.toml")):
+        cfg = load_config(config, ["data.train=t.jsonl"])
+        assert cfg.data.train == "t.jsonl"
+    an4 = load_config(root / "an4" / "config.toml")
+    assert an4.model.hidden == 256 and an4.train.epochs == 80 and an4.decode.speeds == [0.9, 1.0, 1.1]
+    path = tmp_path / "r.toml"
+    path.write_text('[recipe]\ncorpus = "yesno"\nanything = 1\n[model]\nhidden = 48\n')
+    assert load_config(path).model.hidden == 48
+    path.write_text('[recipe]\ncorpus = "yesno"\n[model]\nhiden = 48\n')
+    with pytest.raises(ConfigError, match="hiden"):
+        load_config(path)
+    with pytest.raises(ConfigError, match="recipe"):
+        load_config(None, ["recipe.corpus=an4"])  # not a training setting
