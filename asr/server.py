@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import json
 import math
 import queue
 import sys
@@ -174,10 +173,16 @@ class Batcher:
 # --- responses ------------------------------------------------------------------------------
 
 
-def openai_error(message: str, status: int, param: str | None = None, code: str | None = None) -> Any:
-    """A JSONResponse in OpenAI's error shape."""
+def openai_error(message: str, status: int, param: str | None = None, code: str | None = None) -> JSONResponse:
+    """A JSONResponse in OpenAI's error shape, `{"error": {"message", "type", "param", "code"}}`,
+    compact (FastAPI's JSON encoding); every error the server sends, at any status, is one."""
+    return JSONResponse(error_object(message, status, param, code), status_code=status)
+
+
+def error_object(message: str, status: int, param: str | None = None, code: str | None = None) -> dict[str, Any]:
+    """OpenAI's error object for `status`: type invalid_request_error below 500, else server_error."""
     kind = "invalid_request_error" if status < 500 else "server_error"
-    return JSONResponse({"error": {"message": message, "type": kind, "param": param, "code": code}}, status_code=status)
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
 
 
 def verbose_json(result: Transcript, words: bool, language: str) -> dict[str, Any]:
@@ -233,7 +238,7 @@ class RequestLimits:
         headers = {k.lower(): v for k, v in scope.get("headers", [])}
         if self.config.api_key and scope["path"] not in self.OPEN_PATHS and scope["method"] != "OPTIONS":
             if not key_matches(headers.get(b"authorization", b"").decode("latin-1"), self.config.api_key):
-                return await _send_error(send, 401, "missing or incorrect API key: send Authorization: Bearer <key>", "invalid_api_key")
+                return await _send_error(scope, receive, send, 401, "missing or incorrect API key: send Authorization: Bearer <key>", "invalid_api_key")
         if scope["method"] not in ("POST", "PUT", "PATCH"):
             return await self.app(scope, receive, send)
         limit = self.config.max_upload_bytes
@@ -242,20 +247,20 @@ class RequestLimits:
             try:
                 size = int(declared)
             except ValueError:
-                return await _send_error(send, 400, f"invalid Content-Length {declared.decode('latin-1')!r}", "invalid_request")
+                return await _send_error(scope, receive, send, 400, f"invalid Content-Length {declared.decode('latin-1')!r}", "invalid_request")
             if size > limit:
-                return await _send_error(send, 413, f"request body of {size} bytes is over the {self.config.max_upload_mb:g} MB limit (--max-upload-mb)", "file_too_large")
+                return await _send_error(scope, receive, send, 413, f"request body of {size} bytes is over the {self.config.max_upload_mb:g} MB limit (--max-upload-mb)", "file_too_large")
         body = bytearray()
         while True:
             try:
                 message = await asyncio.wait_for(receive(), self.config.body_timeout)
             except TimeoutError:
-                return await _send_error(send, 408, f"request body stalled for more than {self.config.body_timeout:g} s", "timeout")
+                return await _send_error(scope, receive, send, 408, f"request body stalled for more than {self.config.body_timeout:g} s", "timeout")
             if message["type"] == "http.disconnect":
                 return
             body += message.get("body", b"")
             if len(body) > limit:
-                return await _send_error(send, 413, f"request body is over the {self.config.max_upload_mb:g} MB limit (--max-upload-mb)", "file_too_large")
+                return await _send_error(scope, receive, send, 413, f"request body is over the {self.config.max_upload_mb:g} MB limit (--max-upload-mb)", "file_too_large")
             if not message.get("more_body", False):
                 break
         sent = False
@@ -276,14 +281,14 @@ def key_matches(authorization: str, key: str) -> bool:
     return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), key.encode())
 
 
-async def _send_error(send: Any, status: int, message: str, code: str) -> None:
-    kind = "invalid_request_error" if status < 500 else "server_error"
-    body = json.dumps({"error": {"message": message, "type": kind, "param": None, "code": code}}).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), (b"connection", b"close")]
+async def _send_error(scope: dict, receive: Any, send: Any, status: int, message: str, code: str) -> None:
+    """An error answered by the middleware itself, before the application sees the request; the
+    connection is closed, as the rest of the body is not read."""
+    response = openai_error(message, status, code=code)
+    response.headers["Connection"] = "close"
     if status == 401:
-        headers.append((b"www-authenticate", b"Bearer"))
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
+        response.headers["WWW-Authenticate"] = "Bearer"
+    await response(scope, receive, send)
 
 
 # --- the application ------------------------------------------------------------------------
@@ -306,6 +311,10 @@ def create_app(model: Any, options: DecodeOptions | None = None, config: ServerC
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Any:
         return openai_error(str(exc.detail), exc.status_code, code="not_found" if exc.status_code == 404 else None)
+
+    @app.exception_handler(Exception)
+    async def failed(request: Request, exc: Exception) -> Any:  # a bug: said without its details, which may name server paths
+        return openai_error("internal server error", 500, code="internal_error")
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> Any:

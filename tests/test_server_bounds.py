@@ -1,0 +1,82 @@
+"""`asr serve` bounds what it decodes and how it answers: one JSON shape for every error,
+error messages that name the client's file and nothing of the server's, uploads kept in memory,
+decoded audio bounded, abandoned requests dropped, OpenAI's streamed transcription."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from tests.test_server import SR, _client, _post, _wav_bytes, model, utterances  # noqa: F401  (fixtures)
+
+
+def _compact(body: bytes) -> bool:
+    """Whether a JSON body is written as FastAPI's JSONResponse writes it."""
+    return body == json.dumps(json.loads(body), ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
+
+
+def _asgi(app: Any, method: str, path: str, headers: list[tuple[bytes, bytes]], chunks: list[bytes], stall: float = 0.0) -> tuple[int, bytes]:
+    """One request straight through the ASGI app: the body in `chunks`, then (with `stall`) a
+    client that sends nothing more for that long. Returns the status and the body."""
+    out: dict[str, Any] = {"body": b""}
+
+    async def run() -> None:
+        pieces = list(chunks)
+
+        async def receive() -> dict:
+            if pieces:
+                return {"type": "http.request", "body": pieces.pop(0), "more_body": bool(pieces) or stall > 0}
+            await asyncio.sleep(stall or 3600)
+            return {"type": "http.disconnect"}
+
+        async def send(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                out["status"] = message["status"]
+            elif message["type"] == "http.response.body":
+                out["body"] += message.get("body", b"")
+
+        scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method, "path": path, "raw_path": path.encode(), "root_path": "", "scheme": "http", "query_string": b"", "headers": headers, "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80)}
+        await app(scope, receive, send)
+
+    asyncio.run(run())
+    return out["status"], out["body"]
+
+
+def test_every_error_status_has_the_same_compact_json_body(model, utterances, monkeypatch) -> None:  # noqa: F811
+    from asr.server import ServerConfig, create_app
+
+    seen: dict[int, bytes] = {}
+    with _client(model, api_key="k", max_upload_mb=0.05, request_timeout=0.5) as c:
+        key = {"Authorization": "Bearer k"}
+        seen[400] = _post(c, b"not audio", headers=key).content
+        seen[401] = c.get("/v1/models").content
+        seen[404] = c.get("/v1/nothing", headers=key).content
+        seen[405] = c.delete("/v1/models", headers=key).content
+        seen[413] = _post(c, b"\0" * 60_000, headers=key).content
+    app = create_app(model, config=ServerConfig(body_timeout=0.2), name="tones")
+    multipart = [(b"content-type", b"multipart/form-data; boundary=b")]
+    status, seen[408] = _asgi(app, "POST", "/v1/audio/transcriptions", multipart, [b"--b\r\n"], stall=5)
+    assert status == 408
+    status, body = _asgi(app, "POST", "/v1/audio/transcriptions", [*multipart, (b"content-length", b"12x")], [b"--b\r\n"])
+    assert status == 400
+    seen[4000] = body  # the middleware's 400, beside the application's
+    import asr.server
+
+    real = asr.server.recognize
+
+    def slow(*args: Any, **kwargs: Any) -> Any:
+        import time
+
+        time.sleep(1.5)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(asr.server, "recognize", slow)
+    with _client(model, request_timeout=0.3) as c:
+        r = _post(c, _wav_bytes(utterances[0]))
+        assert r.status_code == 504
+        seen[504] = r.content
+    for status, body in seen.items():
+        error = json.loads(body)["error"]
+        assert set(error) == {"message", "type", "param", "code"}, (status, body)
+        assert _compact(body), (status, body)
