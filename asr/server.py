@@ -20,8 +20,8 @@ Safe defaults: loopback only; with an API key every route but `/health` and the 
 needs `Authorization: Bearer KEY` (compared in constant time; a WebSocket may send the key in its
 start message, as browsers cannot set headers on one); request bodies are capped (413 as soon as
 the declared or received size passes the cap, before the rest is read) and must arrive without
-long stalls (408); uploads are held in memory, never written to disk; CORS is off unless origins
-are given. The HTTP and WebSocket machinery is FastAPI's and uvicorn's; this module holds the
+long stalls (408); uploads are held and parsed in memory (`asr.server_form`), never written to
+disk; CORS is off unless origins are given. The HTTP and WebSocket machinery is FastAPI's and uvicorn's; this module holds the
 routes, the batching and the limits.
 """
 
@@ -48,10 +48,12 @@ from asr.audio import AudioError, SampleRateCheck, training_rate
 from asr.formats import Cue, Transcript, group_cues, to_srt, to_vtt
 from asr.inference import LONG_AUDIO_SECONDS, Audio, decoder_for, read_audio, recognize, transcribe
 from asr.options import DecodeOptions, resolve_options
+from asr.server_form import FormError, Upload, parse_form
 
 __all__ = ["ServerConfig", "Batcher", "QueueFull", "create_app", "serve", "RESPONSE_FORMATS"]
 
 RESPONSE_FORMATS = ("json", "text", "srt", "vtt", "verbose_json")
+UNNAMED_UPLOAD = "upload"  # what errors call an audio part sent without a file name
 
 
 @dataclass(frozen=True)
@@ -338,11 +340,11 @@ def create_app(model: Any, options: DecodeOptions | None = None, config: ServerC
     @app.post("/v1/audio/transcriptions")
     async def transcriptions(request: Request) -> Any:
         try:
-            form = await request.form(max_files=1, max_fields=32)
-        except Exception as e:  # malformed multipart, too many parts
-            return openai_error(f"could not parse the multipart form: {getattr(e, 'detail', None) or e}", 400, code="invalid_request")
+            form = parse_form(await request.body(), request.headers.get("content-type", ""), max_fields=32, max_files=1)
+        except FormError as e:
+            return openai_error(f"could not parse the multipart form: {e}", 400, code="invalid_request")
         upload = form.get("file")
-        if upload is None or isinstance(upload, str):
+        if not isinstance(upload, Upload):
             return openai_error("no audio: send the recording as the multipart field 'file'", 400, param="file", code="invalid_request")
         fmt = str(form.get("response_format") or "json")
         if fmt not in RESPONSE_FORMATS:
@@ -351,11 +353,9 @@ def create_app(model: Any, options: DecodeOptions | None = None, config: ServerC
         for g in granularities:
             if g not in ("word", "segment"):
                 return openai_error(f"timestamp_granularities must be word or segment, got {g!r}", 400, param="timestamp_granularities[]", code="invalid_request")
-        filename = upload.filename or "file"
-        data = await upload.read()
-        await upload.close()
+        filename = upload.filename or UNNAMED_UPLOAD
         try:
-            audio = await asyncio.to_thread(read_audio, data, None, model.cfg.features.sample_rate, filename)
+            audio = await asyncio.to_thread(read_audio, upload.data, None, model.cfg.features.sample_rate, filename)
         except AudioError as e:
             return openai_error(str(e), 400, param="file", code="invalid_audio")
         with rate_lock:

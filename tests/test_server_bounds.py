@@ -8,6 +8,8 @@ import asyncio
 import json
 from typing import Any
 
+import numpy as np
+
 from tests.test_server import SR, _client, _post, _wav_bytes, model, utterances  # noqa: F401  (fixtures)
 
 
@@ -80,3 +82,26 @@ def test_every_error_status_has_the_same_compact_json_body(model, utterances, mo
         error = json.loads(body)["error"]
         assert set(error) == {"message", "type", "param", "code"}, (status, body)
         assert _compact(body), (status, body)
+
+
+def test_a_large_upload_is_parsed_in_memory_without_a_temporary_folder(model, utterances, tmp_path, monkeypatch) -> None:  # noqa: F811
+    """Starlette spools file parts over 1 MB to $TMPDIR: with none usable, such an upload failed
+    with a 400 naming a server path. Held in memory, it needs no folder, and none is touched."""
+    import tempfile
+
+    import asr
+
+    x = np.tile(utterances[0], 16)
+    expected = asr.transcribe(model, x, sample_rate=SR).text
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    big = _wav_bytes(x, subtype="FLOAT")
+    assert len(big) > 1_000_000
+    with _client(model) as c:
+        for tmp in (spool, tmp_path / "missing"):
+            monkeypatch.setenv("TMPDIR", str(tmp))
+            monkeypatch.setattr(tempfile, "tempdir", str(tmp))
+            r = _post(c, big, "big.wav")
+            assert r.status_code == 200, r.text
+            assert r.json()["text"] == expected
+            assert list(spool.iterdir()) == []
