@@ -9,8 +9,9 @@ import json
 from typing import Any
 
 import numpy as np
+import pytest
 
-from tests.test_server import SR, _client, _post, _wav_bytes, model, utterances  # noqa: F401  (fixtures)
+from tests.test_server import SR, _client, _post, _wav_bytes, client, live_server, model, utterances  # noqa: F401  (fixtures)
 
 
 def _compact(body: bytes) -> bool:
@@ -105,3 +106,45 @@ def test_a_large_upload_is_parsed_in_memory_without_a_temporary_folder(model, ut
             assert r.status_code == 200, r.text
             assert r.json()["text"] == expected
             assert list(spool.iterdir()) == []
+
+
+def _multipart(parts: list[tuple[str, bytes]], boundary: str = "asr-test-boundary") -> tuple[bytes, dict[str, str]]:
+    """A multipart body from (Content-Disposition and further headers, part bytes) pairs, and its Content-Type header."""
+    body = b"".join(f"--{boundary}\r\nContent-Disposition: {headers}\r\n\r\n".encode() + data + b"\r\n" for headers, data in parts) + f"--{boundary}--\r\n".encode()
+    return body, {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+
+
+@pytest.mark.parametrize(
+    "disposition",
+    ['form-data; name="file"', 'form-data; name="file"\r\nContent-Type: audio/wav', 'form-data; name="file"; filename=""'],
+    ids=["no-filename", "no-filename-with-type", "empty-filename"],
+)
+def test_a_file_part_without_a_file_name_is_transcribed(client, model, utterances, disposition: str) -> None:  # noqa: F811
+    import asr
+
+    x = utterances[1]
+    expected = asr.transcribe(model, x, sample_rate=SR).text
+    body, headers = _multipart([('form-data; name="model"', b"asr"), (disposition, _wav_bytes(x))])
+    r = client.post("/v1/audio/transcriptions", content=body, headers=headers)
+    assert r.status_code == 200, r.text
+    assert r.json() == {"text": expected}
+    body, headers = _multipart([(disposition, b"not audio at all")])
+    error = client.post("/v1/audio/transcriptions", content=body, headers=headers).json()["error"]
+    assert error["param"] == "file" and error["message"].startswith("upload: not readable as audio"), error
+
+
+def test_curl_sends_the_file_as_a_plain_field(live_server, model, utterances, tmp_path) -> None:  # noqa: F811
+    """`curl -F 'file=<clip.wav'`: the file's bytes as a field without a file name."""
+    import shutil
+    import subprocess
+
+    import asr
+
+    if shutil.which("curl") is None:
+        pytest.skip("curl is not installed")
+    wav = tmp_path / "clip.wav"
+    wav.write_bytes(_wav_bytes(utterances[2]))
+    expected = asr.transcribe(model, wav).text
+    for form in ("file=<", "file=@"):
+        out = subprocess.run(["curl", "-sS", "-H", "Authorization: Bearer k", "-F", f"{form}{wav}", "-F", "model=asr", f"{live_server}/v1/audio/transcriptions"], capture_output=True, text=True, timeout=60)
+        assert json.loads(out.stdout) == {"text": expected}, (form, out.stdout, out.stderr)
