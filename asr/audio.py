@@ -43,6 +43,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import re
 import struct
 import sys
 from collections import Counter
@@ -527,11 +528,15 @@ def _looks_like_text(head: bytes) -> bool:
     return bool(text) and all(c.isprintable() or c in "\t\n\r" for c in text)
 
 
+_OPENING = re.compile(r"^Error opening (?:'.*?'|<[^>]*>|\S+): ")  # a path, or a file object's repr
+
+
 def _sf_message(e: BaseException) -> str:
-    """libsndfile's message without its "Error opening '<path>': " prefix (the path is said once)."""
+    """libsndfile's message without its "Error opening '<path>': " prefix (the path is said once,
+    by the caller) or "Error opening <_io.BytesIO object at 0x...>: " (bytes in memory, whose
+    name the caller gives)."""
     message = (str(e).strip().splitlines() or [type(e).__name__])[0]
-    if message.startswith("Error opening ") and "': " in message:
-        message = message.split("': ", 1)[1]
+    message = _OPENING.sub("", message, count=1)
     if "does not exist or is not a regular file" in message:
         # What libsndfile says when its MPEG probe gives up on bytes that merely start like an
         # MPEG frame; the file exists (checked before), so that text would mislead.

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from asr.align import Word, fit_to_audio, word_alignments
-from asr.audio import AudioError, bytes_info, load_audio_with_notes, mix_down, resample
+from asr.audio import AudioError, _sf_message, bytes_info, load_audio_with_notes, mix_down, resample
 from asr.beam import Decoder, Hypothesis
 from asr.formats import Transcript
 from asr.options import DecodeOptions, make_decoder, resolve_options
@@ -96,7 +96,7 @@ def _read_bytes(data: bytes, model_rate: int, name: str = "<bytes>") -> Audio:
     try:
         x, sr = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
     except Exception as e:
-        raise AudioError(name, f"corrupt or truncated audio data ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+        raise AudioError(name, f"corrupt or truncated audio data ({_sf_message(e)})") from None
     if x.shape[0] == 0:
         raise AudioError(name, "no audio samples")
     if not np.isfinite(x).all():

@@ -34,6 +34,7 @@ import queue
 import sys
 import threading
 import time
+import traceback
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from importlib import resources
@@ -316,6 +317,7 @@ def create_app(model: Any, options: DecodeOptions | None = None, config: ServerC
 
     @app.exception_handler(Exception)
     async def failed(request: Request, exc: Exception) -> Any:  # a bug: said without its details, which may name server paths
+        traceback.print_exception(exc, file=sys.stderr)
         return openai_error("internal server error", 500, code="internal_error")
 
     @app.exception_handler(RequestValidationError)
@@ -371,8 +373,9 @@ def create_app(model: Any, options: DecodeOptions | None = None, config: ServerC
             result: Transcript = await asyncio.wait_for(asyncio.wrap_future(future), config.request_timeout)
         except TimeoutError:
             return openai_error(f"{filename}: transcription took longer than {config.request_timeout:g} s", 504, code="timeout")
-        except Exception as e:
-            return openai_error(f"{filename}: recognition failed: {type(e).__name__}: {e}", 500, code="internal_error")
+        except Exception as e:  # a server-side failure: its details stay in the server's log
+            traceback.print_exception(e, file=sys.stderr)
+            return openai_error(f"{filename}: recognition failed ({type(e).__name__})", 500, code="internal_error")
         if fmt == "json":
             return {"text": result.text}
         if fmt == "text":

@@ -148,3 +148,52 @@ def test_curl_sends_the_file_as_a_plain_field(live_server, model, utterances, tm
     for form in ("file=<", "file=@"):
         out = subprocess.run(["curl", "-sS", "-H", "Authorization: Bearer k", "-F", f"{form}{wav}", "-F", "model=asr", f"{live_server}/v1/audio/transcriptions"], capture_output=True, text=True, timeout=60)
         assert json.loads(out.stdout) == {"text": expected}, (form, out.stdout, out.stderr)
+
+
+def _encoded(x: np.ndarray, fmt: str, subtype: str | None = None) -> bytes:
+    import io
+
+    import soundfile as sf
+
+    buf = io.BytesIO()
+    sf.write(buf, x, SR, format=fmt, subtype=subtype)
+    return buf.getvalue()
+
+
+def _bad_uploads() -> dict[str, bytes]:
+    rng = np.random.default_rng(3)
+    x = (rng.standard_normal(SR) * 0.1).astype(np.float32)
+    flac, ogg, wav = _encoded(x, "FLAC"), _encoded(x, "OGG"), _encoded(x, "WAV")
+    return {
+        "empty": b"",
+        "text": b"hello, this is not audio\n" * 10,
+        "random": rng.bytes(3000),
+        "id3-then-noise": b"ID3\x03\x00\x00\x00\x00\x00\x00" + rng.bytes(500),
+        "truncated-wav": wav[:1000],
+        "truncated-flac": flac[: len(flac) // 2],
+        "flac-header-only": flac[:50],
+        "ogg-header-only": ogg[:60],
+        "corrupt-ogg": ogg[:100] + rng.bytes(len(ogg) - 100),
+        "wav-without-data": b"RIFF\x00\x00\x00\x00WAVEjunk",
+        "nan": _encoded(np.full(800, np.nan, np.float32), "WAV", "FLOAT"),
+    }
+
+
+@pytest.mark.parametrize("case", list(_bad_uploads()))
+def test_errors_name_the_clients_file_and_nothing_of_the_server(client, case: str) -> None:  # noqa: F811
+    import re
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    data = _bad_uploads()[case]
+    server_paths = {tempfile.gettempdir(), str(Path.cwd()), sys.prefix, str(Path(__file__).resolve().parents[1]), "/tmp"}
+    named = _post(client, data, "my clip.wav")
+    body, headers = _multipart([('form-data; name="file"', data)])
+    unnamed = client.post("/v1/audio/transcriptions", content=body, headers=headers)
+    for r, name in ((named, "my clip.wav"), (unnamed, "upload")):
+        assert r.status_code == 400, r.text
+        message = r.json()["error"]["message"]
+        assert message.startswith(f"{name}: "), message
+        assert not re.search(r"0x[0-9a-fA-F]{6,}", message) and "BytesIO" not in message and "<_io" not in message, message
+        assert not any(p in message for p in server_paths), message
