@@ -35,6 +35,7 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from importlib import resources
@@ -45,13 +46,13 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from asr.audio import AudioError, SampleRateCheck, training_rate
+from asr.audio import AudioError, AudioTooLong, SampleRateCheck, training_rate
 from asr.formats import Cue, Transcript, group_cues, to_srt, to_vtt
-from asr.inference import LONG_AUDIO_SECONDS, Audio, decoder_for, read_audio, recognize, transcribe
+from asr.inference import LONG_AUDIO_SECONDS, Audio, EncodedAudio, decoder_for, join_segments, open_bytes, recognize
 from asr.options import DecodeOptions, resolve_options
 from asr.server_form import FormError, Upload, parse_form
 
-__all__ = ["ServerConfig", "Batcher", "QueueFull", "create_app", "serve", "RESPONSE_FORMATS"]
+__all__ = ["ServerConfig", "Batcher", "Job", "Dropped", "QueueFull", "create_app", "serve", "RESPONSE_FORMATS"]
 
 RESPONSE_FORMATS = ("json", "text", "srt", "vtt", "verbose_json")
 UNNAMED_UPLOAD = "upload"  # what errors call an audio part sent without a file name
@@ -68,6 +69,9 @@ class ServerConfig:
         more requests to join a batch.
     request_timeout: seconds a transcription may take before 504; body_timeout: seconds a
         client may stall while sending a body (408) and a WebSocket may stay silent (closed).
+    max_audio_seconds: the longest recording decoded (413 past it, by its header or counted
+        while decoding); uploads over LONG_AUDIO_SECONDS are decoded block by block, so one
+        upload's decoded audio in memory stays under that much, whatever its compression.
     cors_origins: origins allowed by CORS (empty: CORS off).
     """
 
@@ -81,6 +85,7 @@ class ServerConfig:
     batch_wait_ms: float = 5.0
     request_timeout: float = 300.0
     body_timeout: float = 30.0
+    max_audio_seconds: float = 3600.0
     cors_origins: tuple[str, ...] = field(default_factory=tuple)
 
     @property
@@ -92,20 +97,45 @@ class QueueFull(RuntimeError):
     """The batcher's queue holds `queue_size` recordings already."""
 
 
-@dataclass
-class _Job:
-    audio: Audio
+class Dropped(RuntimeError):
+    """A job dropped before it was done: its client went away or its time was up."""
+
+
+@dataclass(eq=False)
+class Job:
+    """One recording in the batcher: `audio` decoded (short) or still encoded (long: decoded
+    block by block by the worker), the Future of its Transcript, and whether word times are
+    wanted. `on_segment(transcript)`, when given, is called from the worker with each segment of
+    a long recording as it is done. `cancel()` drops the job: before it starts, or between the
+    segments of a long one."""
+
+    audio: Audio | EncodedAudio
     future: Future
-    word_times: bool
+    word_times: bool = True
+    on_segment: Callable[[Transcript], None] | None = None
+    cancelled: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def long(self) -> bool:
+        return self.audio.duration > LONG_AUDIO_SECONDS
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+        self.future.cancel()
 
 
 class Batcher:
     """A bounded queue of recordings and `workers` threads that decode them in batches.
 
-    `submit(audio)` returns a Future of its `Transcript` (QueueFull when the queue is full). A
-    worker takes the first waiting job, then whatever else arrives within `batch_wait_ms`, up to
-    `max_batch`, and decodes them together (`asr.inference.recognize`); recordings longer than
-    LONG_AUDIO_SECONDS go through `asr.inference.transcribe`, which cuts them at pauses.
+    `submit(audio)` returns a `Job` whose `future` gives its `Transcript` (QueueFull when the
+    queue is full). A worker takes the first waiting job, then whatever else arrives within
+    `batch_wait_ms`, up to `max_batch`, and decodes the short ones together
+    (`asr.inference.recognize`); a recording longer than LONG_AUDIO_SECONDS (an `EncodedAudio`)
+    is decoded block by block, cut at pauses and recognised segment by segment
+    (`asr.inference.join_segments`), as `asr transcribe` reads a long file. A cancelled job
+    (`Job.cancel`) is dropped before it starts and between its segments.
+
+    `runs` counts the recordings whose recognition was started, `dropped` those dropped.
     """
 
     def __init__(self, model: Any, options: DecodeOptions, workers: int = 1, queue_size: int = 64, max_batch: int = 16, batch_wait_ms: float = 5.0):
@@ -114,24 +144,26 @@ class Batcher:
         self.model, self.options = model, options
         self.decoder = decoder_for(model, options)
         self.max_batch, self.wait = max_batch, batch_wait_ms / 1000
-        self.jobs: queue.Queue[_Job | None] = queue.Queue(maxsize=queue_size)
+        self.jobs: queue.Queue[Job | None] = queue.Queue(maxsize=queue_size)
+        self.runs = self.dropped = 0
+        self._count = threading.Lock()
         self.threads = [threading.Thread(target=self._work, name=f"asr-batcher-{i}", daemon=True) for i in range(workers)]
         for t in self.threads:
             t.start()
 
-    def submit(self, audio: Audio, word_times: bool = True) -> Future:
-        future: Future = Future()
+    def submit(self, audio: Audio | EncodedAudio, word_times: bool = True, on_segment: Callable[[Transcript], None] | None = None) -> Job:
+        job = Job(audio, Future(), word_times, on_segment)
         try:
-            self.jobs.put_nowait(_Job(audio, future, word_times))
+            self.jobs.put_nowait(job)
         except queue.Full:
             raise QueueFull(f"{self.jobs.maxsize} recordings are waiting") from None
-        return future
+        return job
 
     def close(self) -> None:
         for _ in self.threads:
             self.jobs.put(None)
 
-    def _take(self) -> list[_Job] | None:
+    def _take(self) -> list[Job] | None:
         first = self.jobs.get()
         if first is None:
             return None
@@ -148,21 +180,42 @@ class Batcher:
             batch.append(job)
         return batch
 
+    def _start(self, jobs: list[Job]) -> list[Job]:
+        """The jobs still wanted, marked running; the others counted as dropped."""
+        live = [j for j in jobs if not j.cancelled.is_set() and j.future.set_running_or_notify_cancel()]
+        with self._count:
+            self.runs += len(live)
+            self.dropped += len(jobs) - len(live)
+        return live
+
     def _work(self) -> None:
         while (batch := self._take()) is not None:
-            batch = [j for j in batch if j.future.set_running_or_notify_cancel()]
-            short = [j for j in batch if j.audio.duration <= LONG_AUDIO_SECONDS]
+            short = [j for j in batch if not j.long]
             for words in (True, False):
-                group = [j for j in short if j.word_times == words]
+                group = self._start([j for j in short if j.word_times == words])
                 if group:
                     self._run(group, lambda g=group, w=words: recognize(self.model, [j.audio for j in g], self.options, decoder=self.decoder, word_times=w))
             for j in batch:
-                if j.audio.duration > LONG_AUDIO_SECONDS:
-                    a = j.audio
-                    self._run([j], lambda a=a, w=j.word_times: [transcribe(self.model, a.samples, a.sample_rate, self.options, decoder=self.decoder, word_times=w)])
+                if j.long and self._start([j]):
+                    self._run([j], lambda j=j: [self._long(j)])
+
+    def _long(self, job: Job) -> Transcript:
+        audio = job.audio
+        assert isinstance(audio, EncodedAudio)
+        sr = self.model.cfg.features.sample_rate
+
+        def segments() -> Iterator[Any]:
+            for seg in audio.segments(sr):
+                if job.cancelled.is_set():
+                    with self._count:
+                        self.dropped += 1
+                    raise Dropped("dropped between segments")
+                yield seg
+
+        return join_segments(self.model, segments(), audio.duration, audio.sample_rate, self.options, self.decoder, job.word_times, on_segment=job.on_segment)
 
     @staticmethod
-    def _run(jobs: list[_Job], work: Any) -> None:
+    def _run(jobs: list[Job], work: Any) -> None:
         try:
             results = work()
         except Exception as e:  # the request fails, the server keeps serving
@@ -186,6 +239,21 @@ def error_object(message: str, status: int, param: str | None = None, code: str 
     """OpenAI's error object for `status`: type invalid_request_error below 500, else server_error."""
     kind = "invalid_request_error" if status < 500 else "server_error"
     return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+
+
+def audio_error(e: AudioError) -> JSONResponse:
+    """An upload that cannot be used: 413 past --max-audio-seconds, else 400."""
+    if isinstance(e, AudioTooLong):
+        return openai_error(f"{e} (--max-audio-seconds)", 413, param="file", code="audio_too_long")
+    return openai_error(str(e), 400, param="file", code="invalid_audio")
+
+
+def open_upload(data: bytes, name: str, model_rate: int, max_seconds: float | None) -> Audio | EncodedAudio:
+    """An upload's audio for the batcher: its header checked (AudioTooLong past `max_seconds`),
+    decoded whole when it lasts at most LONG_AUDIO_SECONDS, else left encoded, for the worker to
+    decode block by block. Raises AudioError naming `name`."""
+    encoded = open_bytes(data, name, max_seconds)
+    return encoded if encoded.duration > LONG_AUDIO_SECONDS else encoded.decode(model_rate)
 
 
 def verbose_json(result: Transcript, words: bool, language: str) -> dict[str, Any]:
@@ -357,22 +425,24 @@ def create_app(model: Any, options: DecodeOptions | None = None, config: ServerC
                 return openai_error(f"timestamp_granularities must be word or segment, got {g!r}", 400, param="timestamp_granularities[]", code="invalid_request")
         filename = upload.filename or UNNAMED_UPLOAD
         try:
-            audio = await asyncio.to_thread(read_audio, upload.data, None, model.cfg.features.sample_rate, filename)
+            audio = await asyncio.to_thread(open_upload, upload.data, filename, model.cfg.features.sample_rate, config.max_audio_seconds)
         except AudioError as e:
-            return openai_error(str(e), 400, param="file", code="invalid_audio")
+            return audio_error(e)
         with rate_lock:
-            if rate_check.add(audio.source_rate):
+            if rate_check.add(audio.source_rate if isinstance(audio, Audio) else audio.sample_rate):
                 rate_check.warn(sys.stderr)
         try:
-            future = batcher.submit(audio, word_times=fmt != "text" and fmt != "json")
+            job = batcher.submit(audio, word_times=fmt != "text" and fmt != "json")
         except QueueFull as e:
             response = openai_error(f"server busy: {e}; retry later", 503, code="overloaded")
             response.headers["Retry-After"] = "1"
             return response
         try:
-            result: Transcript = await asyncio.wait_for(asyncio.wrap_future(future), config.request_timeout)
+            result: Transcript = await asyncio.wait_for(asyncio.wrap_future(job.future), config.request_timeout)
         except TimeoutError:
             return openai_error(f"{filename}: transcription took longer than {config.request_timeout:g} s", 504, code="timeout")
+        except AudioError as e:  # found while decoding a long recording block by block
+            return audio_error(e)
         except Exception as e:  # a server-side failure: its details stay in the server's log
             traceback.print_exception(e, file=sys.stderr)
             return openai_error(f"{filename}: recognition failed ({type(e).__name__})", 500, code="internal_error")

@@ -197,3 +197,93 @@ def test_errors_name_the_clients_file_and_nothing_of_the_server(client, case: st
         assert message.startswith(f"{name}: "), message
         assert not re.search(r"0x[0-9a-fA-F]{6,}", message) and "BytesIO" not in message and "<_io" not in message, message
         assert not any(p in message for p in server_paths), message
+
+
+def _silence_flac(seconds: float, rate: int = 48000, channels: int = 2) -> bytes:
+    """Digital silence as FLAC, written block by block: a few hundred bytes per second of audio."""
+    import io
+
+    import soundfile as sf
+
+    buf = io.BytesIO()
+    block = np.zeros((rate * 10, channels), np.float32)
+    with sf.SoundFile(buf, "w", rate, channels, format="FLAC") as f:
+        for _ in range(int(seconds // 10)):
+            f.write(block)
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def bomb() -> bytes:
+    """30 minutes of 48 kHz stereo silence: 0.7 GB of float samples in about 300 kB."""
+    data = _silence_flac(30 * 60)
+    assert len(data) < 1_000_000
+    return data
+
+
+@pytest.fixture()
+def decoded_blocks(monkeypatch) -> list[int]:
+    """The length of every block the server decodes (`asr.audio.bytes_blocks`), as it goes."""
+    import asr.inference
+
+    seen: list[int] = []
+    real = asr.inference.bytes_blocks
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        for block in real(*args, **kwargs):
+            seen.append(len(block))
+            yield block
+
+    monkeypatch.setattr(asr.inference, "bytes_blocks", counting)
+    return seen
+
+
+def test_a_decompression_bomb_is_refused_from_its_header_without_decoding(model, bomb, decoded_blocks) -> None:  # noqa: F811
+    with _client(model, max_audio_seconds=600) as c:
+        r = _post(c, bomb, "bomb.flac")
+    assert r.status_code == 413, r.text
+    error = r.json()["error"]
+    assert error["code"] == "audio_too_long" and error["param"] == "file"
+    assert error["message"].startswith("bomb.flac: 1800.0 s of audio") and "600 s" in error["message"] and "--max-audio-seconds" in error["message"]
+    assert decoded_blocks == []  # not one block decoded
+    assert _compact(r.content)
+
+
+@pytest.mark.parametrize(("seconds", "status", "message"), [(600, 413, "more audio than its header declares, over the limit of 100 s (--max-audio-seconds)"), (300, 400, "implausible length: decodes to more than 60 s where the header declares 30.0 s")], ids=["long", "short"])
+def test_audio_longer_than_its_header_says_is_stopped_while_decoding(model, monkeypatch, decoded_blocks, seconds: int, status: int, message: str) -> None:  # noqa: F811
+    """The frames are counted as they are decoded: a header that says less than the data hold
+    (here, one made to say a tenth) does not get past the bound, whether the header makes the
+    recording long (decoded by the worker) or short (decoded whole)."""
+    from dataclasses import replace
+
+    import asr.inference
+
+    real = asr.inference.bytes_info
+    monkeypatch.setattr(asr.inference, "bytes_info", lambda data, name: replace(real(data, name), frames=real(data, name).frames // 10))
+    data = _silence_flac(seconds, rate=16000, channels=1)
+    with _client(model, max_audio_seconds=100) as c:
+        r = _post(c, data, "liar.flac")
+    assert r.status_code == status, r.text
+    assert r.json()["error"]["message"].startswith(f"liar.flac: {message}"), r.text
+    assert sum(decoded_blocks) <= min(100, 2 * seconds / 10) * 16000 + max(decoded_blocks)  # it stopped at the bound
+
+
+def test_a_long_upload_is_decoded_block_by_block_as_asr_transcribe_reads_a_file(model, utterances, decoded_blocks, tmp_path) -> None:  # noqa: F811
+    import soundfile as sf
+
+    import asr
+
+    pause = np.zeros(SR // 2, np.float32)
+    x = np.concatenate([np.concatenate([u, pause]) for u in utterances * 4])
+    assert len(x) / SR > 35
+    wav = tmp_path / "long.wav"
+    sf.write(wav, x, SR)
+    expected = asr.transcribe(model, wav).text
+    with _client(model) as c:
+        r = _post(c, wav.read_bytes(), "long.wav")
+        assert r.status_code == 200 and r.json()["text"] == expected, r.text
+        assert max(decoded_blocks) <= 2 * SR  # blocks of two seconds, as the file reader's
+        decoded_blocks.clear()
+        r = _post(c, _silence_flac(300), "bomb.flac")  # within the default bound: decoded, in blocks, to nothing
+        assert r.status_code == 200 and r.json() == {"text": ""}
+        assert sum(decoded_blocks) == 300 * 48000 and max(decoded_blocks) <= 2 * 48000
