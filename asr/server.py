@@ -43,7 +43,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request, WebSocket
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from asr.audio import AudioError, AudioTooLong, SampleRateCheck, training_rate
@@ -241,6 +241,36 @@ def error_object(message: str, status: int, param: str | None = None, code: str 
     return {"error": {"message": message, "type": kind, "param": param, "code": code}}
 
 
+class ClientGone(Exception):
+    """The client hung up before its answer was ready."""
+
+
+async def outcome(request: Request, job: Job, timeout: float) -> Transcript:
+    """The job's Transcript, once done. The job is cancelled (dropped from the queue, or stopped
+    between its segments) when its client disconnects (ClientGone) or after `timeout` seconds
+    (TimeoutError); the job's own exception otherwise."""
+    done = asyncio.wrap_future(job.future)
+    gone = asyncio.ensure_future(_disconnect(request))
+    try:
+        finished, _ = await asyncio.wait({done, gone}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+    if done in finished:
+        return done.result()
+    job.cancel()
+    done.add_done_callback(lambda f: f.cancelled() or f.exception())  # a stopped job's Dropped: nobody's to read
+    if gone in finished:
+        raise ClientGone
+    raise TimeoutError
+
+
+async def _disconnect(request: Request) -> None:
+    """Return when the client has disconnected (the body is read by then: what comes next is
+    the disconnect)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
 def audio_error(e: AudioError) -> JSONResponse:
     """An upload that cannot be used: 413 past --max-audio-seconds, else 400."""
     if isinstance(e, AudioTooLong):
@@ -334,13 +364,15 @@ class RequestLimits:
                 return await _send_error(scope, receive, send, 413, f"request body is over the {self.config.max_upload_mb:g} MB limit (--max-upload-mb)", "file_too_large")
             if not message.get("more_body", False):
                 break
-        sent = False
+        whole: bytes | None = bytes(body)
+        del body
 
         async def replay() -> dict:
-            nonlocal sent
-            if not sent:
-                sent = True
-                return {"type": "http.request", "body": bytes(body), "more_body": False}
+            nonlocal whole
+            if whole is not None:
+                message = {"type": "http.request", "body": whole, "more_body": False}
+                whole = None
+                return message
             return await receive()
 
         await self.app(scope, replay, send)
@@ -438,9 +470,11 @@ def create_app(model: Any, options: DecodeOptions | None = None, config: ServerC
             response.headers["Retry-After"] = "1"
             return response
         try:
-            result: Transcript = await asyncio.wait_for(asyncio.wrap_future(job.future), config.request_timeout)
+            result: Transcript = await outcome(request, job, config.request_timeout)
         except TimeoutError:
             return openai_error(f"{filename}: transcription took longer than {config.request_timeout:g} s", 504, code="timeout")
+        except ClientGone:
+            return Response(status_code=499)  # nobody reads it
         except AudioError as e:  # found while decoding a long recording block by block
             return audio_error(e)
         except Exception as e:  # a server-side failure: its details stay in the server's log

@@ -287,3 +287,105 @@ def test_a_long_upload_is_decoded_block_by_block_as_asr_transcribe_reads_a_file(
         r = _post(c, _silence_flac(300), "bomb.flac")  # within the default bound: decoded, in blocks, to nothing
         assert r.status_code == 200 and r.json() == {"text": ""}
         assert sum(decoded_blocks) == 300 * 48000 and max(decoded_blocks) <= 2 * 48000
+
+
+@pytest.fixture()
+def held_recognize(monkeypatch):
+    """`recognize` (the batcher's, and that of long recordings' segments) made to wait for
+    `release` (an Event) before each call, counting calls."""
+    import threading
+
+    import asr.inference
+    import asr.server
+
+    release = threading.Event()
+    calls: list[int] = []
+    real = asr.server.recognize
+
+    def held(*args: Any, **kwargs: Any) -> Any:
+        calls.append(len(args[1]))
+        release.wait(60)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(asr.server, "recognize", held)
+    monkeypatch.setattr(asr.inference, "recognize", held)
+    return release, calls
+
+
+def _until(condition: Any, seconds: float = 20.0) -> bool:
+    import time
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.02)
+    return condition()
+
+
+def test_requests_whose_clients_hung_up_are_dropped_before_they_run(model, utterances, held_recognize) -> None:  # noqa: F811
+    """One request holds the only worker; eight more are sent whole and their clients hang up;
+    a live request sent after them is decoded next, and the eight never are."""
+    import socket
+    import threading
+
+    import httpx
+    import uvicorn
+
+    from asr.server import ServerConfig, create_app
+    from tests.test_server import _free_port
+    from tests.test_server_bounds import _multipart
+
+    release, calls = held_recognize
+    port = _free_port()
+    app = create_app(model, config=ServerConfig(port=port, workers=1, max_batch=1, batch_wait_ms=0), name="tones")
+    batcher = app.state.batcher
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    assert _until(lambda: server.started)
+    url = f"http://127.0.0.1:{port}/v1/audio/transcriptions"
+    data = _wav_bytes(utterances[0])
+    try:
+        first: dict[str, Any] = {}
+        holder = threading.Thread(target=lambda: first.update(r=httpx.post(url, files={"file": ("a.wav", data)}, data={"model": "asr"}, timeout=60)))
+        holder.start()
+        assert _until(lambda: len(calls) == 1)  # the worker is busy with it
+        body, headers = _multipart([('form-data; name="file"; filename="gone.wav"', data)])
+        head = f"POST /v1/audio/transcriptions HTTP/1.1\r\nHost: x\r\nContent-Type: {headers['Content-Type']}\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+        for _ in range(8):
+            with socket.create_connection(("127.0.0.1", port)) as s:
+                s.sendall(head + body)
+                assert _until(lambda n=batcher.jobs.qsize(): batcher.jobs.qsize() > n, 10)  # queued
+        assert _until(lambda: all(j.cancelled.is_set() for j in list(batcher.jobs.queue)))  # the server saw them go
+        release.set()
+        holder.join(60)
+        assert first["r"].status_code == 200
+        live = httpx.post(url, files={"file": ("live.wav", data)}, data={"model": "asr"}, timeout=60)
+        assert live.status_code == 200
+        assert batcher.runs == 2 and batcher.dropped == 8 and len(calls) == 2, (batcher.runs, batcher.dropped, calls)
+    finally:
+        release.set()
+        server.should_exit = True
+        thread.join(10)
+
+
+def test_a_request_answered_504_stops_its_work(model, utterances, held_recognize) -> None:  # noqa: F811
+    """A queued recording past the timeout is never decoded; a long one being decoded stops at
+    its next segment."""
+    import threading
+
+    release, calls = held_recognize
+    pause = np.zeros(SR // 2, np.float32)
+    long = _wav_bytes(np.concatenate([np.concatenate([u, pause]) for u in utterances * 4]))
+    short = _wav_bytes(utterances[0])
+    with _client(model, request_timeout=0.5, workers=1, max_batch=1, batch_wait_ms=0) as c:
+        batcher = c.app.state.batcher
+        r = _post(c, long, "long.wav")  # its first segment waits for `release`
+        assert r.status_code == 504, r.text
+        r = _post(c, short, "queued.wav")  # waits behind it, and times out
+        assert r.status_code == 504, r.text
+        threading.Timer(0.2, release.set).start()
+        assert _until(lambda: batcher.dropped == 2)
+        assert batcher.runs == 1 and len(calls) <= 2, (batcher.runs, calls)  # the long one stopped at its next segment
+        assert _post(c, short).status_code == 200
