@@ -4,7 +4,8 @@ Routes (`create_app`):
 
 - `POST /v1/audio/transcriptions`: OpenAI's transcription request (multipart `file`, `model`,
   `response_format` json | text | srt | vtt | verbose_json, `timestamp_granularities[]`;
-  `language`, `prompt` and `temperature` accepted and ignored). Errors in OpenAI's shape
+  `stream=true` for OpenAI's streamed events; `language`, `prompt` and `temperature` accepted and
+  ignored). Errors in OpenAI's shape
   `{"error": {"message", "type", "param", "code"}}`.
 - `GET /v1/models`, `GET /health`.
 - `WebSocket /v1/stream`: live recognition with a streaming model (`asr.stream`).
@@ -29,13 +30,14 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import json
 import math
 import queue
 import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from importlib import resources
@@ -44,6 +46,7 @@ from typing import Any
 from fastapi import FastAPI, Request, WebSocket
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
+from fastapi.sse import EventSourceResponse, format_sse_event
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from asr.audio import AudioError, AudioTooLong, SampleRateCheck, training_rate
@@ -55,6 +58,7 @@ from asr.server_form import FormError, Upload, parse_form
 __all__ = ["ServerConfig", "Batcher", "Job", "Dropped", "QueueFull", "create_app", "serve", "RESPONSE_FORMATS"]
 
 RESPONSE_FORMATS = ("json", "text", "srt", "vtt", "verbose_json")
+STREAM_FORMATS = ("json", "text")  # the response formats `stream=true` can stand for
 UNNAMED_UPLOAD = "upload"  # what errors call an audio part sent without a file name
 
 
@@ -271,6 +275,59 @@ async def _disconnect(request: Request) -> None:
         pass
 
 
+class TextDeltas:
+    """OpenAI's streamed transcription (`stream=true`): server-sent events, each `data:` a JSON
+    object, `{"type": "transcript.text.delta", "delta"}` as the text grows, then
+    `{"type": "transcript.text.done", "text"}`; the deltas joined are the text, the text the one
+    the same request gives without `stream`. A recording over LONG_AUDIO_SECONDS sends a delta
+    per segment as each is recognised; a shorter one, one delta. A failure after the events have
+    begun is an event `{"error": {...}}` in OpenAI's error shape (what its clients raise)."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.pieces: asyncio.Queue[str | None] = asyncio.Queue()
+
+    def segment_done(self, result: Transcript) -> None:
+        """Called from the worker with each segment's Transcript."""
+        self.loop.call_soon_threadsafe(self.pieces.put_nowait, result.text)
+
+    async def events(self, job: Job, filename: str, timeout: float) -> AsyncIterator[bytes]:
+        job.future.add_done_callback(lambda _: self.loop.call_soon_threadsafe(self.pieces.put_nowait, None))
+        deadline = self.loop.time() + timeout
+        sent = ""
+        try:
+            while True:
+                try:
+                    text = await asyncio.wait_for(self.pieces.get(), max(0.0, deadline - self.loop.time()))
+                except TimeoutError:
+                    yield _event(error_object(f"{filename}: transcription took longer than {timeout:g} s", 504, code="timeout"))
+                    return
+                if text is None:
+                    break
+                if text:
+                    delta = f" {text}" if sent else text
+                    sent += delta
+                    yield _event({"type": "transcript.text.delta", "delta": delta})
+            try:
+                result: Transcript = job.future.result()
+            except AudioError as e:
+                yield _event(json.loads(audio_error(e).body))
+                return
+            except Exception as e:  # a server-side failure: its details stay in the server's log
+                traceback.print_exception(e, file=sys.stderr)
+                yield _event(error_object(f"{filename}: recognition failed ({type(e).__name__})", 500, code="internal_error"))
+                return
+            if result.text != sent:  # a short recording's text, in one delta
+                yield _event({"type": "transcript.text.delta", "delta": result.text[len(sent) :] if result.text.startswith(sent) else result.text})
+            yield _event({"type": "transcript.text.done", "text": result.text})
+        finally:
+            job.cancel()  # a client gone mid-stream, or the time up: the rest is not decoded
+
+
+def _event(data: dict[str, Any]) -> bytes:
+    return format_sse_event(data_str=json.dumps(data, ensure_ascii=False, separators=(",", ":")))
+
+
 def audio_error(e: AudioError) -> JSONResponse:
     """An upload that cannot be used: 413 past --max-audio-seconds, else 400."""
     if isinstance(e, AudioTooLong):
@@ -455,6 +512,11 @@ def create_app(model: Any, options: DecodeOptions | None = None, config: ServerC
         for g in granularities:
             if g not in ("word", "segment"):
                 return openai_error(f"timestamp_granularities must be word or segment, got {g!r}", 400, param="timestamp_granularities[]", code="invalid_request")
+        streamed = str(form.get("stream") or "false").lower()
+        if streamed not in ("true", "false"):
+            return openai_error(f"stream must be true or false, got {streamed!r}", 400, param="stream", code="invalid_request")
+        if streamed == "true" and fmt not in STREAM_FORMATS:
+            return openai_error(f"stream=true sends text events: response_format must be {' or '.join(STREAM_FORMATS)}, got {fmt!r}", 400, param="stream", code="invalid_request")
         filename = upload.filename or UNNAMED_UPLOAD
         try:
             audio = await asyncio.to_thread(open_upload, upload.data, filename, model.cfg.features.sample_rate, config.max_audio_seconds)
@@ -463,12 +525,15 @@ def create_app(model: Any, options: DecodeOptions | None = None, config: ServerC
         with rate_lock:
             if rate_check.add(audio.source_rate if isinstance(audio, Audio) else audio.sample_rate):
                 rate_check.warn(sys.stderr)
+        deltas = TextDeltas() if streamed == "true" else None
         try:
-            job = batcher.submit(audio, word_times=fmt != "text" and fmt != "json")
+            job = batcher.submit(audio, word_times=fmt != "text" and fmt != "json", on_segment=deltas.segment_done if deltas else None)
         except QueueFull as e:
             response = openai_error(f"server busy: {e}; retry later", 503, code="overloaded")
             response.headers["Retry-After"] = "1"
             return response
+        if deltas is not None:
+            return EventSourceResponse(deltas.events(job, filename, config.request_timeout))
         try:
             result: Transcript = await outcome(request, job, config.request_timeout)
         except TimeoutError:

@@ -389,3 +389,47 @@ def test_a_request_answered_504_stops_its_work(model, utterances, held_recognize
         assert _until(lambda: batcher.dropped == 2)
         assert batcher.runs == 1 and len(calls) <= 2, (batcher.runs, calls)  # the long one stopped at its next segment
         assert _post(c, short).status_code == 200
+
+
+@pytest.mark.parametrize("length", ["short", "long"])
+def test_openai_stream_true_sends_text_deltas_then_the_text(live_server, model, utterances, tmp_path, length: str) -> None:  # noqa: F811
+    """The official client's `stream=True` reads OpenAI's transcription events: the deltas joined
+    are the done event's text, which is the text the request gives without `stream`."""
+    import openai
+    import soundfile as sf
+
+    pause = np.zeros(SR // 2, np.float32)
+    x = utterances[3] if length == "short" else np.concatenate([np.concatenate([u, pause]) for u in utterances * 4])
+    wav = tmp_path / "clip.wav"
+    sf.write(wav, x, SR)
+    oa = openai.OpenAI(base_url=f"{live_server}/v1", api_key="k", max_retries=0)
+    with wav.open("rb") as f:
+        plain = oa.audio.transcriptions.create(model="tones", file=f).text
+    assert plain
+    for fmt in ("json", "text"):
+        with wav.open("rb") as f:
+            events = list(oa.audio.transcriptions.create(model="tones", file=f, stream=True, response_format=fmt))
+        types = [e.type for e in events]
+        assert types[-1] == "transcript.text.done" and set(types[:-1]) == {"transcript.text.delta"}, types
+        assert "".join(e.delta for e in events[:-1]) == events[-1].text == plain
+        if length == "long":
+            assert len(events) > 2  # a delta per segment, as each is done
+
+
+def test_stream_true_refusals_and_failures_are_openai_errors(live_server, client, utterances) -> None:  # noqa: F811
+    import openai
+
+    data = _wav_bytes(utterances[0])
+    r = _post(client, data, stream="true", response_format="srt")
+    assert r.status_code == 400 and r.json()["error"]["param"] == "stream" and "json or text" in r.json()["error"]["message"]
+    r = _post(client, data, stream="maybe")
+    assert r.status_code == 400 and r.json()["error"]["param"] == "stream"
+    r = _post(client, b"not audio", "bad.wav", stream="true")  # refused before the events begin
+    assert r.status_code == 400 and r.json()["error"]["message"].startswith("bad.wav: ")
+    sse = openai.OpenAI(base_url=f"{live_server}/v1", api_key="k", max_retries=0)
+    with pytest.raises(openai.BadRequestError, match="empty file"):
+        list(sse.audio.transcriptions.create(model="tones", file=("empty.wav", b""), stream=True))
+    r = _post(client, data, stream="true")
+    assert r.headers["content-type"].startswith("text/event-stream")
+    lines = [json.loads(line[len("data: ") :]) for line in r.text.splitlines() if line.startswith("data: ")]
+    assert [e["type"] for e in lines] == ["transcript.text.delta", "transcript.text.done"]
