@@ -43,10 +43,11 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import re
 import struct
 import sys
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -83,6 +84,16 @@ class AudioError(ValueError):
         self.path = str(path)
         self.reason = reason
         super().__init__(f"{path}: {reason}")
+
+
+class AudioTooLong(AudioError):
+    """Audio longer than a caller's bound of `limit` seconds: `seconds` is its length by its
+    header, or None when it was found while decoding (the header said less, or nothing)."""
+
+    def __init__(self, path: str | Path, limit: float, seconds: float | None = None):
+        self.limit, self.seconds = limit, seconds
+        length = f"{seconds:.1f} s of audio" if seconds is not None else "more audio than its header declares"
+        super().__init__(path, f"{length}, over the limit of {limit:g} s")
 
 
 @dataclass(frozen=True)
@@ -399,6 +410,30 @@ def bytes_info(data: bytes, name: str = "<bytes>") -> AudioInfo:
     return result
 
 
+def bytes_blocks(data: bytes, name: str = "<bytes>", blocksize: int = 1 << 16, max_frames: int | None = None, limit: float = 0.0) -> Iterator[np.ndarray]:
+    """The samples of an encoded file held in memory (whose header `bytes_info` has checked),
+    decoded `blocksize` frames at a time and mixed to mono: float32 1-D blocks at the file's own
+    rate. Memory holds one block of the file's channels, whatever the length or compression.
+
+    Frames are counted as they are decoded: past `max_frames` (when given) AudioTooLong (with
+    `limit`, the bound in seconds) is raised, whatever the header said. Raises AudioError naming
+    `name` for data that fails to decode or holds NaN or Inf."""
+    total = 0
+    try:
+        with sf.SoundFile(io.BytesIO(data)) as f:
+            for block in f.blocks(blocksize=blocksize, dtype="float32", always_2d=True):
+                total += len(block)
+                if max_frames is not None and total > max_frames:
+                    raise AudioTooLong(name, limit)
+                if not np.isfinite(block).all():
+                    raise AudioError(name, "samples contain NaN or Inf")
+                yield block.mean(axis=1) if block.shape[1] > 1 else block[:, 0]
+    except AudioError:
+        raise
+    except Exception as e:
+        raise AudioError(name, f"corrupt or truncated audio data ({_sf_message(e)})") from None
+
+
 def _check_flac_end(path: Path, frames: int) -> None:
     """Decode a FLAC file's last frame (a seek: a few reads) so that a stream cut short,
     whose header still counts every frame, is caught without decoding the whole file."""
@@ -527,11 +562,15 @@ def _looks_like_text(head: bytes) -> bool:
     return bool(text) and all(c.isprintable() or c in "\t\n\r" for c in text)
 
 
+_OPENING = re.compile(r"^Error opening (?:'.*?'|<[^>]*>|\S+): ")  # a path, or a file object's repr
+
+
 def _sf_message(e: BaseException) -> str:
-    """libsndfile's message without its "Error opening '<path>': " prefix (the path is said once)."""
+    """libsndfile's message without its "Error opening '<path>': " prefix (the path is said once,
+    by the caller) or "Error opening <_io.BytesIO object at 0x...>: " (bytes in memory, whose
+    name the caller gives)."""
     message = (str(e).strip().splitlines() or [type(e).__name__])[0]
-    if message.startswith("Error opening ") and "': " in message:
-        message = message.split("': ", 1)[1]
+    message = _OPENING.sub("", message, count=1)
     if "does not exist or is not a regular file" in message:
         # What libsndfile says when its MPEG probe gives up on bytes that merely start like an
         # MPEG frame; the file exists (checked before), so that text would mislead.

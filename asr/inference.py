@@ -16,10 +16,9 @@ loaded model and one `Decoder` serve several threads at once.
 
 from __future__ import annotations
 
-import io
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
@@ -29,12 +28,12 @@ import numpy as np
 import torch
 
 from asr.align import Word, fit_to_audio, word_alignments
-from asr.audio import AudioError, bytes_info, load_audio_with_notes, mix_down, resample
+from asr.audio import AudioError, AudioTooLong, bytes_blocks, bytes_info, load_audio_with_notes, mix_down, resample
 from asr.beam import Decoder, Hypothesis
 from asr.formats import Transcript
 from asr.options import DecodeOptions, make_decoder, resolve_options
 
-__all__ = ["Transcript", "Audio", "read_audio", "emissions", "recognize", "transcribe", "decoder_for", "LONG_AUDIO_SECONDS"]
+__all__ = ["Transcript", "Audio", "EncodedAudio", "open_bytes", "join_segments", "read_audio", "emissions", "recognize", "transcribe", "decoder_for", "LONG_AUDIO_SECONDS"]
 
 LONG_AUDIO_SECONDS = 30.0  # longer recordings are split at pauses and decoded segment by segment
 
@@ -90,21 +89,83 @@ def read_audio(audio: str | Path | bytes | np.ndarray | torch.Tensor, sample_rat
 
 
 def _read_bytes(data: bytes, model_rate: int, name: str = "<bytes>") -> Audio:
-    import soundfile as sf
+    return open_bytes(data, name).decode(model_rate)
 
-    bytes_info(data, name)  # header checks: empty, not audio, cut short, implausible
-    try:
-        x, sr = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
-    except Exception as e:
-        raise AudioError(name, f"corrupt or truncated audio data ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
-    if x.shape[0] == 0:
-        raise AudioError(name, "no audio samples")
-    if not np.isfinite(x).all():
-        raise AudioError(name, "samples contain NaN or Inf")
-    mono = x.mean(axis=1) if x.shape[1] > 1 else x[:, 0]
-    if sr != model_rate:
-        mono = resample(mono, sr, model_rate)
-    return Audio(np.ascontiguousarray(mono, dtype=np.float32), model_rate, int(sr))
+
+BLOCK_SECONDS = 2.0  # long audio is decoded in blocks of this much (the file reader's, `asr.segment`)
+_SHORT_BLOCK = 1 << 16  # frames per block when a short recording is decoded whole
+_MAX_BLOCK_SAMPLES = 1 << 22  # a block's samples over all its channels
+
+
+@dataclass(frozen=True)
+class EncodedAudio:
+    """An encoded recording held in memory (e.g. an upload) whose header has been read and
+    checked (`open_bytes`), decoded only when used: whole (`decode`) when short, block by block
+    (`segments`) when long, so that memory holds at most LONG_AUDIO_SECONDS of mono samples plus
+    one block, whatever the file's length or compression.
+
+    `max_seconds` bounds the decoded length (None: no bound): a header declaring more raised
+    AudioTooLong in `open_bytes`; decoding counts the frames and raises it too past the bound,
+    for headers that say less than the data hold."""
+
+    data: bytes
+    name: str
+    info: Any  # asr.audio.AudioInfo
+    max_seconds: float | None = None
+
+    @property
+    def duration(self) -> float:
+        """Seconds, by the header."""
+        return self.info.duration
+
+    @property
+    def sample_rate(self) -> int:
+        """The file's own rate (Hz)."""
+        return self.info.sample_rate
+
+    def _max_frames(self, seconds: float | None) -> int | None:
+        bounds = [b for b in (seconds, self.max_seconds) if b is not None]
+        return int(min(bounds) * self.info.sample_rate) + 1 if bounds else None
+
+    def _blocksize(self, frames: int) -> int:
+        return max(1, min(frames, _MAX_BLOCK_SAMPLES // max(1, self.info.channels)))
+
+    def decode(self, model_rate: int) -> Audio:
+        """All the samples, mono float32 at `model_rate`. For a recording whose header says at
+        most LONG_AUDIO_SECONDS: one that decodes to more than twice that raises AudioError."""
+        limit = max(2 * LONG_AUDIO_SECONDS, self.duration * 1.01)
+        try:
+            blocks = list(bytes_blocks(self.data, self.name, self._blocksize(_SHORT_BLOCK), self._max_frames(limit), self.max_seconds or limit))
+        except AudioTooLong:
+            if self.max_seconds is not None and self.max_seconds <= limit:
+                raise
+            raise AudioError(self.name, f"implausible length: decodes to more than {limit:g} s where the header declares {self.duration:.1f} s (corrupt header?)") from None
+        mono = np.concatenate(blocks) if blocks else np.zeros(0, np.float32)
+        if mono.size == 0:
+            raise AudioError(self.name, "no audio samples")
+        if self.info.sample_rate != model_rate:
+            mono = resample(mono, self.info.sample_rate, model_rate)
+        return Audio(np.ascontiguousarray(mono, dtype=np.float32), model_rate, int(self.info.sample_rate))
+
+    def segments(self, model_rate: int, segmenter: str | None = None) -> Iterator[Any]:
+        """`asr.segment.Segment`s of at most LONG_AUDIO_SECONDS at `model_rate`, cut at pauses as
+        `asr.segment.iter_segments` cuts a file (blocks of BLOCK_SECONDS at the file's rate);
+        AudioError during iteration for data that fail to decode, AudioTooLong past the bound."""
+        from asr.segment import segment_stream
+
+        blocksize = self._blocksize(max(1, int(round(BLOCK_SECONDS * self.info.sample_rate))))
+        blocks = bytes_blocks(self.data, self.name, blocksize, self._max_frames(None), self.max_seconds or 0.0)
+        return segment_stream(blocks, self.info.sample_rate, model_rate, max_seconds=LONG_AUDIO_SECONDS, segmenter=segmenter)
+
+
+def open_bytes(data: bytes, name: str = "<bytes>", max_seconds: float | None = None) -> EncodedAudio:
+    """An encoded file held in memory, its header checked (`asr.audio.bytes_info`: empty, not
+    audio, cut short, implausible), nothing decoded yet. Raises AudioError naming `name`, and
+    AudioTooLong when the header declares more than `max_seconds`."""
+    info = bytes_info(data, name)
+    if max_seconds is not None and info.duration > max_seconds:
+        raise AudioTooLong(name, max_seconds, info.duration)
+    return EncodedAudio(data, name, info, max_seconds)
 
 
 @lru_cache(maxsize=16)
@@ -203,7 +264,7 @@ def transcribe(
 
     Recordings up to LONG_AUDIO_SECONDS are decoded whole; longer ones are cut at pauses into
     segments of at most that length (`asr.segment`), decoded one by one and joined, with word
-    times in the recording's time. A path is then read block by block, so memory does not grow
+    times in the recording's time. A path or encoded bytes are then decoded block by block, so memory does not grow
     with the file's length. `segmenter` finds the pauses: "energy" or "silero" (Silero VAD);
     default `asr.segment.DEFAULT_SEGMENTER`.
     """
@@ -220,7 +281,12 @@ def transcribe(
         info = audio_info(audio)
         if info.duration > LONG_AUDIO_SECONDS:
             return transcribe_long(model, audio, info, options, decoder, word_times, segmenter=segmenter)
-    a = read_audio(audio, sample_rate, sr)
+    if isinstance(audio, (bytes, bytearray, memoryview)):
+        encoded = open_bytes(bytes(audio))
+        if encoded.duration > LONG_AUDIO_SECONDS:
+            return join_segments(model, encoded.segments(sr, segmenter), encoded.duration, encoded.sample_rate, options, decoder, word_times)
+        audio = encoded
+    a = encoded.decode(sr) if isinstance(audio, EncodedAudio) else read_audio(audio, sample_rate, sr)
     if a.duration <= LONG_AUDIO_SECONDS:
         result = recognize(model, [a], options, decoder=decoder, word_times=word_times)[0]
         path = os.fspath(audio) if isinstance(audio, (str, Path)) else ""
@@ -229,7 +295,7 @@ def transcribe(
 
     blocks = (a.samples[i : i + sr] for i in range(0, len(a.samples), sr))
     segments = segment_stream(blocks, sr, sr, max_seconds=LONG_AUDIO_SECONDS, segmenter=segmenter)
-    return _join(model, segments, a.duration, a.source_rate, options, decoder, word_times, t0)
+    return join_segments(model, segments, a.duration, a.source_rate, options, decoder, word_times, t0=t0)
 
 
 def transcribe_long(
@@ -242,10 +308,26 @@ def transcribe_long(
 
     t0 = time.perf_counter()
     segments = iter_segments(path, model.cfg.features.sample_rate, max_seconds=LONG_AUDIO_SECONDS, segmenter=segmenter)
-    return replace(_join(model, segments, info.duration, info.sample_rate, options, decoder, word_times, t0), path=os.fspath(path))
+    return replace(join_segments(model, segments, info.duration, info.sample_rate, options, decoder, word_times, t0=t0), path=os.fspath(path))
 
 
-def _join(model: Any, segments: Iterator[Any], duration: float, source_rate: int, options: DecodeOptions, decoder: Decoder, word_times: bool, t0: float) -> Transcript:
+def join_segments(
+    model: Any,
+    segments: Iterable[Any],
+    duration: float,
+    source_rate: int,
+    options: DecodeOptions,
+    decoder: Decoder,
+    word_times: bool = True,
+    *,
+    on_segment: Callable[[Transcript], None] | None = None,
+    t0: float | None = None,
+) -> Transcript:
+    """One Transcript of a long recording's `asr.segment.Segment`s (at the model's rate), decoded
+    one by one as they come, with word times in the recording's time; `duration` (seconds) and
+    `source_rate` (Hz) are the recording's. `on_segment` is called with each segment's Transcript
+    as it is done (e.g. to send its text on); the segments' iterator may stop the work by raising."""
+    t0 = time.perf_counter() if t0 is None else t0
     texts, words = [], []
     sr = model.cfg.features.sample_rate
     for seg in segments:
@@ -253,4 +335,6 @@ def _join(model: Any, segments: Iterator[Any], duration: float, source_rate: int
         if r.text:
             texts.append(r.text)
         words += r.words
+        if on_segment is not None:
+            on_segment(r)
     return Transcript(text=" ".join(texts), words=words, duration=duration, seconds=time.perf_counter() - t0, sample_rate=source_rate)

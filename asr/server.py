@@ -4,7 +4,8 @@ Routes (`create_app`):
 
 - `POST /v1/audio/transcriptions`: OpenAI's transcription request (multipart `file`, `model`,
   `response_format` json | text | srt | vtt | verbose_json, `timestamp_granularities[]`;
-  `language`, `prompt` and `temperature` accepted and ignored). Errors in OpenAI's shape
+  `stream=true` for OpenAI's streamed events; `language`, `prompt` and `temperature` accepted and
+  ignored). Errors in OpenAI's shape
   `{"error": {"message", "type", "param", "code"}}`.
 - `GET /v1/models`, `GET /health`.
 - `WebSocket /v1/stream`: live recognition with a streaming model (`asr.stream`).
@@ -21,8 +22,8 @@ Safe defaults: loopback only; with an API key every route but `/health` and the 
 needs `Authorization: Bearer KEY` (compared in constant time; a WebSocket may send the key in its
 start message, as browsers cannot set headers on one); request bodies are capped (413 as soon as
 the declared or received size passes the cap, before the rest is read) and must arrive without
-long stalls (408); uploads are held in memory, never written to disk; CORS is off unless origins
-are given. The HTTP and WebSocket machinery is FastAPI's and uvicorn's; this module holds the
+long stalls (408); uploads are held and parsed in memory (`asr.server_form`), never written to
+disk; CORS is off unless origins are given. The HTTP and WebSocket machinery is FastAPI's and uvicorn's; this module holds the
 routes, the batching and the limits.
 """
 
@@ -36,6 +37,8 @@ import queue
 import sys
 import threading
 import time
+import traceback
+from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from importlib import resources
@@ -43,18 +46,22 @@ from typing import Any
 
 from fastapi import FastAPI, Request, WebSocket
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
+from fastapi.sse import EventSourceResponse, format_sse_event
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from asr.audio import AudioError, SampleRateCheck, training_rate
+from asr.audio import AudioError, AudioTooLong, SampleRateCheck, training_rate
 from asr.formats import Cue, Transcript, group_cues, to_srt, to_vtt
-from asr.inference import LONG_AUDIO_SECONDS, Audio, decoder_for, read_audio, recognize, transcribe
+from asr.inference import LONG_AUDIO_SECONDS, Audio, EncodedAudio, decoder_for, join_segments, open_bytes, recognize
 from asr.options import DecodeOptions, resolve_options
+from asr.server_form import FormError, Upload, parse_form
 from asr.server_page import add_page_routes, model_info
 
-__all__ = ["ServerConfig", "Batcher", "QueueFull", "create_app", "serve", "RESPONSE_FORMATS"]
+__all__ = ["ServerConfig", "Batcher", "Job", "Dropped", "QueueFull", "create_app", "serve", "RESPONSE_FORMATS"]
 
 RESPONSE_FORMATS = ("json", "text", "srt", "vtt", "verbose_json")
+STREAM_FORMATS = ("json", "text")  # the response formats `stream=true` can stand for
+UNNAMED_UPLOAD = "upload"  # what errors call an audio part sent without a file name
 
 
 @dataclass(frozen=True)
@@ -68,6 +75,9 @@ class ServerConfig:
         more requests to join a batch.
     request_timeout: seconds a transcription may take before 504; body_timeout: seconds a
         client may stall while sending a body (408) and a WebSocket may stay silent (closed).
+    max_audio_seconds: the longest recording decoded (413 past it, by its header or counted
+        while decoding); uploads over LONG_AUDIO_SECONDS are decoded block by block, so one
+        upload's decoded audio in memory stays under that much, whatever its compression.
     cors_origins: origins allowed by CORS (empty: CORS off).
     """
 
@@ -81,6 +91,7 @@ class ServerConfig:
     batch_wait_ms: float = 5.0
     request_timeout: float = 300.0
     body_timeout: float = 30.0
+    max_audio_seconds: float = 3600.0
     cors_origins: tuple[str, ...] = field(default_factory=tuple)
 
     @property
@@ -92,20 +103,45 @@ class QueueFull(RuntimeError):
     """The batcher's queue holds `queue_size` recordings already."""
 
 
-@dataclass
-class _Job:
-    audio: Audio
+class Dropped(RuntimeError):
+    """A job dropped before it was done: its client went away or its time was up."""
+
+
+@dataclass(eq=False)
+class Job:
+    """One recording in the batcher: `audio` decoded (short) or still encoded (long: decoded
+    block by block by the worker), the Future of its Transcript, and whether word times are
+    wanted. `on_segment(transcript)`, when given, is called from the worker with each segment of
+    a long recording as it is done. `cancel()` drops the job: before it starts, or between the
+    segments of a long one."""
+
+    audio: Audio | EncodedAudio
     future: Future
-    word_times: bool
+    word_times: bool = True
+    on_segment: Callable[[Transcript], None] | None = None
+    cancelled: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def long(self) -> bool:
+        return self.audio.duration > LONG_AUDIO_SECONDS
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+        self.future.cancel()
 
 
 class Batcher:
     """A bounded queue of recordings and `workers` threads that decode them in batches.
 
-    `submit(audio)` returns a Future of its `Transcript` (QueueFull when the queue is full). A
-    worker takes the first waiting job, then whatever else arrives within `batch_wait_ms`, up to
-    `max_batch`, and decodes them together (`asr.inference.recognize`); recordings longer than
-    LONG_AUDIO_SECONDS go through `asr.inference.transcribe`, which cuts them at pauses.
+    `submit(audio)` returns a `Job` whose `future` gives its `Transcript` (QueueFull when the
+    queue is full). A worker takes the first waiting job, then whatever else arrives within
+    `batch_wait_ms`, up to `max_batch`, and decodes the short ones together
+    (`asr.inference.recognize`); a recording longer than LONG_AUDIO_SECONDS (an `EncodedAudio`)
+    is decoded block by block, cut at pauses and recognised segment by segment
+    (`asr.inference.join_segments`), as `asr transcribe` reads a long file. A cancelled job
+    (`Job.cancel`) is dropped before it starts and between its segments.
+
+    `runs` counts the recordings whose recognition was started, `dropped` those dropped.
     """
 
     def __init__(self, model: Any, options: DecodeOptions, workers: int = 1, queue_size: int = 64, max_batch: int = 16, batch_wait_ms: float = 5.0):
@@ -114,24 +150,26 @@ class Batcher:
         self.model, self.options = model, options
         self.decoder = decoder_for(model, options)
         self.max_batch, self.wait = max_batch, batch_wait_ms / 1000
-        self.jobs: queue.Queue[_Job | None] = queue.Queue(maxsize=queue_size)
+        self.jobs: queue.Queue[Job | None] = queue.Queue(maxsize=queue_size)
+        self.runs = self.dropped = 0
+        self._count = threading.Lock()
         self.threads = [threading.Thread(target=self._work, name=f"asr-batcher-{i}", daemon=True) for i in range(workers)]
         for t in self.threads:
             t.start()
 
-    def submit(self, audio: Audio, word_times: bool = True) -> Future:
-        future: Future = Future()
+    def submit(self, audio: Audio | EncodedAudio, word_times: bool = True, on_segment: Callable[[Transcript], None] | None = None) -> Job:
+        job = Job(audio, Future(), word_times, on_segment)
         try:
-            self.jobs.put_nowait(_Job(audio, future, word_times))
+            self.jobs.put_nowait(job)
         except queue.Full:
             raise QueueFull(f"{self.jobs.maxsize} recordings are waiting") from None
-        return future
+        return job
 
     def close(self) -> None:
         for _ in self.threads:
             self.jobs.put(None)
 
-    def _take(self) -> list[_Job] | None:
+    def _take(self) -> list[Job] | None:
         first = self.jobs.get()
         if first is None:
             return None
@@ -148,21 +186,42 @@ class Batcher:
             batch.append(job)
         return batch
 
+    def _start(self, jobs: list[Job]) -> list[Job]:
+        """The jobs still wanted, marked running; the others counted as dropped."""
+        live = [j for j in jobs if not j.cancelled.is_set() and j.future.set_running_or_notify_cancel()]
+        with self._count:
+            self.runs += len(live)
+            self.dropped += len(jobs) - len(live)
+        return live
+
     def _work(self) -> None:
         while (batch := self._take()) is not None:
-            batch = [j for j in batch if j.future.set_running_or_notify_cancel()]
-            short = [j for j in batch if j.audio.duration <= LONG_AUDIO_SECONDS]
+            short = [j for j in batch if not j.long]
             for words in (True, False):
-                group = [j for j in short if j.word_times == words]
+                group = self._start([j for j in short if j.word_times == words])
                 if group:
                     self._run(group, lambda g=group, w=words: recognize(self.model, [j.audio for j in g], self.options, decoder=self.decoder, word_times=w))
             for j in batch:
-                if j.audio.duration > LONG_AUDIO_SECONDS:
-                    a = j.audio
-                    self._run([j], lambda a=a, w=j.word_times: [transcribe(self.model, a.samples, a.sample_rate, self.options, decoder=self.decoder, word_times=w)])
+                if j.long and self._start([j]):
+                    self._run([j], lambda j=j: [self._long(j)])
+
+    def _long(self, job: Job) -> Transcript:
+        audio = job.audio
+        assert isinstance(audio, EncodedAudio)
+        sr = self.model.cfg.features.sample_rate
+
+        def segments() -> Iterator[Any]:
+            for seg in audio.segments(sr):
+                if job.cancelled.is_set():
+                    with self._count:
+                        self.dropped += 1
+                    raise Dropped("dropped between segments")
+                yield seg
+
+        return join_segments(self.model, segments(), audio.duration, audio.sample_rate, self.options, self.decoder, job.word_times, on_segment=job.on_segment)
 
     @staticmethod
-    def _run(jobs: list[_Job], work: Any) -> None:
+    def _run(jobs: list[Job], work: Any) -> None:
         try:
             results = work()
         except Exception as e:  # the request fails, the server keeps serving
@@ -176,10 +235,114 @@ class Batcher:
 # --- responses ------------------------------------------------------------------------------
 
 
-def openai_error(message: str, status: int, param: str | None = None, code: str | None = None) -> Any:
-    """A JSONResponse in OpenAI's error shape."""
+def openai_error(message: str, status: int, param: str | None = None, code: str | None = None) -> JSONResponse:
+    """A JSONResponse in OpenAI's error shape, `{"error": {"message", "type", "param", "code"}}`,
+    compact (FastAPI's JSON encoding); every error the server sends, at any status, is one."""
+    return JSONResponse(error_object(message, status, param, code), status_code=status)
+
+
+def error_object(message: str, status: int, param: str | None = None, code: str | None = None) -> dict[str, Any]:
+    """OpenAI's error object for `status`: type invalid_request_error below 500, else server_error."""
     kind = "invalid_request_error" if status < 500 else "server_error"
-    return JSONResponse({"error": {"message": message, "type": kind, "param": param, "code": code}}, status_code=status)
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+
+
+class ClientGone(Exception):
+    """The client hung up before its answer was ready."""
+
+
+async def outcome(request: Request, job: Job, timeout: float) -> Transcript:
+    """The job's Transcript, once done. The job is cancelled (dropped from the queue, or stopped
+    between its segments) when its client disconnects (ClientGone) or after `timeout` seconds
+    (TimeoutError); the job's own exception otherwise."""
+    done = asyncio.wrap_future(job.future)
+    gone = asyncio.ensure_future(_disconnect(request))
+    try:
+        finished, _ = await asyncio.wait({done, gone}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+    if done in finished:
+        return done.result()
+    job.cancel()
+    done.add_done_callback(lambda f: f.cancelled() or f.exception())  # a stopped job's Dropped: nobody's to read
+    if gone in finished:
+        raise ClientGone
+    raise TimeoutError
+
+
+async def _disconnect(request: Request) -> None:
+    """Return when the client has disconnected (the body is read by then: what comes next is
+    the disconnect)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+class TextDeltas:
+    """OpenAI's streamed transcription (`stream=true`): server-sent events, each `data:` a JSON
+    object, `{"type": "transcript.text.delta", "delta"}` as the text grows, then
+    `{"type": "transcript.text.done", "text"}`; the deltas joined are the text, the text the one
+    the same request gives without `stream`. A recording over LONG_AUDIO_SECONDS sends a delta
+    per segment as each is recognised; a shorter one, one delta. A failure after the events have
+    begun is an event `{"error": {...}}` in OpenAI's error shape (what its clients raise)."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.pieces: asyncio.Queue[str | None] = asyncio.Queue()
+
+    def segment_done(self, result: Transcript) -> None:
+        """Called from the worker with each segment's Transcript."""
+        self.loop.call_soon_threadsafe(self.pieces.put_nowait, result.text)
+
+    async def events(self, job: Job, filename: str, timeout: float) -> AsyncIterator[bytes]:
+        job.future.add_done_callback(lambda _: self.loop.call_soon_threadsafe(self.pieces.put_nowait, None))
+        deadline = self.loop.time() + timeout
+        sent = ""
+        try:
+            while True:
+                try:
+                    text = await asyncio.wait_for(self.pieces.get(), max(0.0, deadline - self.loop.time()))
+                except TimeoutError:
+                    yield _event(error_object(f"{filename}: transcription took longer than {timeout:g} s", 504, code="timeout"))
+                    return
+                if text is None:
+                    break
+                if text:
+                    delta = f" {text}" if sent else text
+                    sent += delta
+                    yield _event({"type": "transcript.text.delta", "delta": delta})
+            try:
+                result: Transcript = job.future.result()
+            except AudioError as e:
+                yield _event(json.loads(audio_error(e).body))
+                return
+            except Exception as e:  # a server-side failure: its details stay in the server's log
+                traceback.print_exception(e, file=sys.stderr)
+                yield _event(error_object(f"{filename}: recognition failed ({type(e).__name__})", 500, code="internal_error"))
+                return
+            if result.text != sent:  # a short recording's text, in one delta
+                yield _event({"type": "transcript.text.delta", "delta": result.text[len(sent) :] if result.text.startswith(sent) else result.text})
+            yield _event({"type": "transcript.text.done", "text": result.text})
+        finally:
+            job.cancel()  # a client gone mid-stream, or the time up: the rest is not decoded
+
+
+def _event(data: dict[str, Any]) -> bytes:
+    return format_sse_event(data_str=json.dumps(data, ensure_ascii=False, separators=(",", ":")))
+
+
+def audio_error(e: AudioError) -> JSONResponse:
+    """An upload that cannot be used: 413 past --max-audio-seconds, else 400."""
+    if isinstance(e, AudioTooLong):
+        return openai_error(f"{e} (--max-audio-seconds)", 413, param="file", code="audio_too_long")
+    return openai_error(str(e), 400, param="file", code="invalid_audio")
+
+
+def open_upload(data: bytes, name: str, model_rate: int, max_seconds: float | None) -> Audio | EncodedAudio:
+    """An upload's audio for the batcher: its header checked (AudioTooLong past `max_seconds`),
+    decoded whole when it lasts at most LONG_AUDIO_SECONDS, else left encoded, for the worker to
+    decode block by block. Raises AudioError naming `name`."""
+    encoded = open_bytes(data, name, max_seconds)
+    return encoded if encoded.duration > LONG_AUDIO_SECONDS else encoded.decode(model_rate)
 
 
 def verbose_json(result: Transcript, words: bool, language: str) -> dict[str, Any]:
@@ -235,7 +398,7 @@ class RequestLimits:
         headers = {k.lower(): v for k, v in scope.get("headers", [])}
         if self.config.api_key and scope["path"] not in self.OPEN_PATHS and scope["method"] != "OPTIONS":
             if not key_matches(headers.get(b"authorization", b"").decode("latin-1"), self.config.api_key):
-                return await _send_error(send, 401, "missing or incorrect API key: send Authorization: Bearer <key>", "invalid_api_key")
+                return await _send_error(scope, receive, send, 401, "missing or incorrect API key: send Authorization: Bearer <key>", "invalid_api_key")
         if scope["method"] not in ("POST", "PUT", "PATCH"):
             return await self.app(scope, receive, send)
         limit = self.config.max_upload_bytes
@@ -244,29 +407,31 @@ class RequestLimits:
             try:
                 size = int(declared)
             except ValueError:
-                return await _send_error(send, 400, f"invalid Content-Length {declared.decode('latin-1')!r}", "invalid_request")
+                return await _send_error(scope, receive, send, 400, f"invalid Content-Length {declared.decode('latin-1')!r}", "invalid_request")
             if size > limit:
-                return await _send_error(send, 413, f"request body of {size} bytes is over the {self.config.max_upload_mb:g} MB limit (--max-upload-mb)", "file_too_large")
+                return await _send_error(scope, receive, send, 413, f"request body of {size} bytes is over the {self.config.max_upload_mb:g} MB limit (--max-upload-mb)", "file_too_large")
         body = bytearray()
         while True:
             try:
                 message = await asyncio.wait_for(receive(), self.config.body_timeout)
             except TimeoutError:
-                return await _send_error(send, 408, f"request body stalled for more than {self.config.body_timeout:g} s", "timeout")
+                return await _send_error(scope, receive, send, 408, f"request body stalled for more than {self.config.body_timeout:g} s", "timeout")
             if message["type"] == "http.disconnect":
                 return
             body += message.get("body", b"")
             if len(body) > limit:
-                return await _send_error(send, 413, f"request body is over the {self.config.max_upload_mb:g} MB limit (--max-upload-mb)", "file_too_large")
+                return await _send_error(scope, receive, send, 413, f"request body is over the {self.config.max_upload_mb:g} MB limit (--max-upload-mb)", "file_too_large")
             if not message.get("more_body", False):
                 break
-        sent = False
+        whole: bytes | None = bytes(body)
+        del body
 
         async def replay() -> dict:
-            nonlocal sent
-            if not sent:
-                sent = True
-                return {"type": "http.request", "body": bytes(body), "more_body": False}
+            nonlocal whole
+            if whole is not None:
+                message = {"type": "http.request", "body": whole, "more_body": False}
+                whole = None
+                return message
             return await receive()
 
         await self.app(scope, replay, send)
@@ -278,14 +443,14 @@ def key_matches(authorization: str, key: str) -> bool:
     return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), key.encode())
 
 
-async def _send_error(send: Any, status: int, message: str, code: str) -> None:
-    kind = "invalid_request_error" if status < 500 else "server_error"
-    body = json.dumps({"error": {"message": message, "type": kind, "param": None, "code": code}}).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), (b"connection", b"close")]
+async def _send_error(scope: dict, receive: Any, send: Any, status: int, message: str, code: str) -> None:
+    """An error answered by the middleware itself, before the application sees the request; the
+    connection is closed, as the rest of the body is not read."""
+    response = openai_error(message, status, code=code)
+    response.headers["Connection"] = "close"
     if status == 401:
-        headers.append((b"www-authenticate", b"Bearer"))
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
+        response.headers["WWW-Authenticate"] = "Bearer"
+    await response(scope, receive, send)
 
 
 # --- the application ------------------------------------------------------------------------
@@ -307,6 +472,11 @@ def create_app(model: Any, options: DecodeOptions | None = None, config: ServerC
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Any:
         return openai_error(str(exc.detail), exc.status_code, code="not_found" if exc.status_code == 404 else None)
+
+    @app.exception_handler(Exception)
+    async def failed(request: Request, exc: Exception) -> Any:  # a bug: said without its details, which may name server paths
+        traceback.print_exception(exc, file=sys.stderr)
+        return openai_error("internal server error", 500, code="internal_error")
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> Any:
@@ -332,11 +502,11 @@ def create_app(model: Any, options: DecodeOptions | None = None, config: ServerC
     @app.post("/v1/audio/transcriptions")
     async def transcriptions(request: Request) -> Any:
         try:
-            form = await request.form(max_files=1, max_fields=32)
-        except Exception as e:  # malformed multipart, too many parts
-            return openai_error(f"could not parse the multipart form: {getattr(e, 'detail', None) or e}", 400, code="invalid_request")
+            form = parse_form(await request.body(), request.headers.get("content-type", ""), max_fields=32, max_files=1)
+        except FormError as e:
+            return openai_error(f"could not parse the multipart form: {e}", 400, code="invalid_request")
         upload = form.get("file")
-        if upload is None or isinstance(upload, str):
+        if not isinstance(upload, Upload):
             return openai_error("no audio: send the recording as the multipart field 'file'", 400, param="file", code="invalid_request")
         fmt = str(form.get("response_format") or "json")
         if fmt not in RESPONSE_FORMATS:
@@ -345,28 +515,39 @@ def create_app(model: Any, options: DecodeOptions | None = None, config: ServerC
         for g in granularities:
             if g not in ("word", "segment"):
                 return openai_error(f"timestamp_granularities must be word or segment, got {g!r}", 400, param="timestamp_granularities[]", code="invalid_request")
-        filename = upload.filename or "file"
-        data = await upload.read()
-        await upload.close()
+        streamed = str(form.get("stream") or "false").lower()
+        if streamed not in ("true", "false"):
+            return openai_error(f"stream must be true or false, got {streamed!r}", 400, param="stream", code="invalid_request")
+        if streamed == "true" and fmt not in STREAM_FORMATS:
+            return openai_error(f"stream=true sends text events: response_format must be {' or '.join(STREAM_FORMATS)}, got {fmt!r}", 400, param="stream", code="invalid_request")
+        filename = upload.filename or UNNAMED_UPLOAD
         try:
-            audio = await asyncio.to_thread(read_audio, data, None, model.cfg.features.sample_rate, filename)
+            audio = await asyncio.to_thread(open_upload, upload.data, filename, model.cfg.features.sample_rate, config.max_audio_seconds)
         except AudioError as e:
-            return openai_error(str(e), 400, param="file", code="invalid_audio")
+            return audio_error(e)
         with rate_lock:
-            if rate_check.add(audio.source_rate):
+            if rate_check.add(audio.source_rate if isinstance(audio, Audio) else audio.sample_rate):
                 rate_check.warn(sys.stderr)
+        deltas = TextDeltas() if streamed == "true" else None
         try:
-            future = batcher.submit(audio, word_times=fmt != "text" and fmt != "json")
+            job = batcher.submit(audio, word_times=fmt != "text" and fmt != "json", on_segment=deltas.segment_done if deltas else None)
         except QueueFull as e:
             response = openai_error(f"server busy: {e}; retry later", 503, code="overloaded")
             response.headers["Retry-After"] = "1"
             return response
+        if deltas is not None:
+            return EventSourceResponse(deltas.events(job, filename, config.request_timeout))
         try:
-            result: Transcript = await asyncio.wait_for(asyncio.wrap_future(future), config.request_timeout)
+            result: Transcript = await outcome(request, job, config.request_timeout)
         except TimeoutError:
             return openai_error(f"{filename}: transcription took longer than {config.request_timeout:g} s", 504, code="timeout")
-        except Exception as e:
-            return openai_error(f"{filename}: recognition failed: {type(e).__name__}: {e}", 500, code="internal_error")
+        except ClientGone:
+            return Response(status_code=499)  # nobody reads it
+        except AudioError as e:  # found while decoding a long recording block by block
+            return audio_error(e)
+        except Exception as e:  # a server-side failure: its details stay in the server's log
+            traceback.print_exception(e, file=sys.stderr)
+            return openai_error(f"{filename}: recognition failed ({type(e).__name__})", 500, code="internal_error")
         if fmt == "json":
             return {"text": result.text}
         if fmt == "text":

@@ -15,8 +15,11 @@
    (VmHWM of its process).
 3. Abuse, interleaved with good requests: 0-byte, truncated, non-audio, oversized and stalled
    uploads, malformed multipart, wrong and missing API keys, a WebSocket that sends garbage and
-   one that disappears. Each answer's status against the expected one; every good request must
-   come back with the baseline's text.
+   one that disappears, a decompression bomb (FLAC of silence) past `--max-audio-seconds`. Each
+   answer's status against the expected one; every good request must come back with the
+   baseline's text. Then, alone, the server's peak RSS (VmHWM, reset before each) for one normal
+   upload and for a bomb within the bound (15 min of 48 kHz stereo silence, 0.35 GB of float
+   samples in a few hundred kB), each above the RSS it started from.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import soundfile as sf
@@ -134,7 +138,48 @@ def load_run(port: int, files: list[tuple[str, bytes]], clients: int) -> dict:
     return {"wall": time.perf_counter() - t0, "results": results}
 
 
-def abuse_run(url: str, port: int, good: list[tuple[str, bytes]], expected: dict[str, str], max_upload_mb: float, body_timeout: float) -> list[tuple[str, str, str, bool]]:
+def silence_flac(seconds: float, rate: int = 48000, channels: int = 2) -> bytes:
+    """Digital silence as FLAC, written 10 s at a time: a few hundred bytes per second of audio."""
+    buf = io.BytesIO()
+    block = np.zeros((rate * 10, channels), np.float32)
+    with sf.SoundFile(buf, "w", rate, channels, format="FLAC") as f:
+        for _ in range(int(seconds // 10)):
+            f.write(block)
+    return buf.getvalue()
+
+
+def reset_peak_rss(pid: int) -> bool:
+    """Reset the process's VmHWM to its current RSS (Linux: clear_refs 5); False where refused."""
+    try:
+        Path(f"/proc/{pid}/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss_of(pid: int, send: Any) -> tuple[float, float]:
+    """(RSS before, peak RSS during) `send()`, in MB: the peak is reset first."""
+    if not reset_peak_rss(pid):
+        return float("nan"), float("nan")
+    before = peak_rss_mb(pid)
+    send()
+    return before, peak_rss_mb(pid)
+
+
+def bomb_memory(url: str, pid: int, wav: bytes, bomb: bytes) -> str:
+    """Peak RSS of the server for one normal upload, then for the bomb (within the bound, so
+    decoded whole: block by block), each above the RSS it started from."""
+    import httpx
+
+    with httpx.Client() as c:
+        base_n, peak_n = peak_rss_of(pid, lambda: post(c, url, wav))
+        answers = []
+        base_b, peak_b = peak_rss_of(pid, lambda: answers.append(post(c, url, bomb, "bomb.flac")))
+    status, text, seconds = answers[0]
+    return f"{status}, text {text!r}, {seconds:.1f} s; peak RSS +{peak_b - base_b:.0f} MB (bomb) vs +{peak_n - base_n:.0f} MB (normal upload), from {base_n:.0f} MB"
+
+
+def abuse_run(url: str, port: int, good: list[tuple[str, bytes]], expected: dict[str, str], max_upload_mb: float, body_timeout: float, pid: int = 0, max_audio_seconds: float = 900.0) -> list[tuple[str, str, str, bool]]:
     """(case, expected, got, ok) rows; good requests run in a thread meanwhile."""
     import httpx
 
@@ -157,7 +202,10 @@ def abuse_run(url: str, port: int, good: list[tuple[str, bytes]], expected: dict
     noise = io.BytesIO()
     oversized = int(max_upload_mb * 1e6 / 4 * 1.5)  # float samples: 1.5 times the cap
     sf.write(noise, np.random.default_rng(0).standard_normal(oversized).astype(np.float32) * 0.1, 16000, format="WAV", subtype="FLOAT")
+    bomb = silence_flac(2 * max_audio_seconds)  # 48 kHz stereo silence past the bound
+    inside = silence_flac(max_audio_seconds - 60)  # and within it
     cases = [
+        (f"decompression bomb ({len(bomb) / 1e3:.0f} kB FLAC, {2 * max_audio_seconds / 60:g} min > --max-audio-seconds {max_audio_seconds:g})", 413, lambda c: post(c, url, bomb, "bomb.flac")[0]),
         ("0-byte file", 400, lambda c: post(c, url, b"")[0]),
         ("truncated WAV", 400, lambda c: post(c, url, wav[: len(wav) // 3])[0]),
         ("not audio (text)", 400, lambda c: post(c, url, b"just some text\n" * 100, "notes.wav")[0]),
@@ -181,6 +229,10 @@ def abuse_run(url: str, port: int, good: list[tuple[str, bytes]], expected: dict
             rows.append((name, str(want), str(got), got == want))
     stop.set()
     runner.join()
+    if pid:  # alone, so that nothing else moves the peak
+        name = f"memory: bomb within the bound ({len(inside) / 1e3:.0f} kB FLAC, {(max_audio_seconds - 60) / 60:g} min of 48 kHz stereo = {(max_audio_seconds - 60) * 48000 * 2 * 4 / 1e9:.2f} GB of float samples)"
+        got = bomb_memory(url, pid, wav, inside)
+        rows.append((name, "200, text '', peak RSS bounded", got, got.startswith("200, text ''")))
     wrong = [(u, s, t) for u, s, t in good_results if s != 200 or t != expected[u]]
     rows.append((f"good requests interleaved ({len(good_results)})", "200, baseline text", f"{len(good_results) - len(wrong)} right, {len(wrong)} wrong", not wrong and bool(good_results)))
     return rows
@@ -267,8 +319,8 @@ def main() -> None:
     print(f"asr decode (one process, batched): {base_wall:.2f} s, {base_tput:.1f} audio s per s")
 
     port = free_port()
-    max_upload_mb, body_timeout = 2.0, 3.0
-    extra = ["--max-upload-mb", str(max_upload_mb), "--body-timeout", str(body_timeout)] + (["--threads", str(args.threads)] if args.threads else [])
+    max_upload_mb, body_timeout, max_audio_seconds = 2.0, 3.0, 900.0
+    extra = ["--max-upload-mb", str(max_upload_mb), "--body-timeout", str(body_timeout), "--max-audio-seconds", str(max_audio_seconds)] + (["--threads", str(args.threads)] if args.threads else [])
     extra += ["--lm", str(args.lm), "--lexicon", str(args.lexicon)] if args.lm else []
     proc = start_server(args.model, port, extra)
     url = f"http://127.0.0.1:{port}/v1/audio/transcriptions"
@@ -288,7 +340,7 @@ def main() -> None:
         print()
         print("| abuse case | expected | got | right |")
         print("|---|---|---|---|")
-        rows = abuse_run(url, port, files[:10], baseline, max_upload_mb, body_timeout)
+        rows = abuse_run(url, port, files[:10], baseline, max_upload_mb, body_timeout, proc.pid, max_audio_seconds)
         for name, want, got, ok in rows:
             print(f"| {name} | {want} | {got} | {'yes' if ok else 'NO'} |")
         print(f"\nserver peak RSS {peak_rss_mb(proc.pid):.0f} MB; still serving: {proc.poll() is None}")

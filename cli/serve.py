@@ -34,6 +34,7 @@ def serve_cmd(
     max_batch: Annotated[int, typer.Option(help="Recordings decoded together in one batch.")] = 16,
     request_timeout: Annotated[float, typer.Option(help="Seconds a transcription may take (504 after).")] = 300.0,
     body_timeout: Annotated[float, typer.Option(help="Seconds a client may stall while sending (408), or a WebSocket stay silent.")] = 30.0,
+    max_audio_seconds: Annotated[float, typer.Option(help="Longest recording decoded, in seconds (413 past it); longer uploads than 30 s are decoded block by block.")] = 3600.0,
     cors_origin: Annotated[list[str] | None, typer.Option(help="Allow this origin by CORS (repeatable; default: CORS off).")] = None,
     name: Annotated[str | None, typer.Option(help="Model id in /v1/models and /health (default: the checkpoint's file name).")] = None,
     beam: Beam = False,
@@ -54,6 +55,8 @@ def serve_cmd(
 
     if not 0 < port < 65536:
         raise typer.BadParameter(f"port must be 1-65535, got {port}", param_hint="--port")
+    if not max_audio_seconds > 0:
+        raise typer.BadParameter(f"--max-audio-seconds must be positive, got {max_audio_seconds:g}", param_hint="--max-audio-seconds")
     if max_upload_mb <= 0 or workers < 0 or queue_size < 1 or max_batch < 1:
         raise typer.BadParameter("--max-upload-mb must be positive, --workers at least 0 and --queue-size, --max-batch at least 1")
     if not model.exists():
@@ -69,6 +72,6 @@ def serve_cmd(
     except (ValueError, OSError) as e:
         raise fail(f"{model}: {e}") from None
     key = api_key if api_key is not None else os.environ.get("ASR_API_KEY") or None
-    config = ServerConfig(host, port, key, max_upload_mb, workers, queue_size, max_batch, request_timeout=request_timeout, body_timeout=body_timeout, cors_origins=tuple(cors_origin or []))
+    config = ServerConfig(host, port, key, max_upload_mb, workers, queue_size, max_batch, request_timeout=request_timeout, body_timeout=body_timeout, max_audio_seconds=max_audio_seconds, cors_origins=tuple(cors_origin or []))
     typer.echo(f"serving {model} ({acoustic.cfg.model.kind}) on http://{host}:{port}/ {'(API key required)' if key else '(no API key)'}; Ctrl-C stops", err=True)
     serve(acoustic, options, config, name or model.stem)
