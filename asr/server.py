@@ -4,7 +4,9 @@ Routes (`create_app`):
 
 - `POST /v1/audio/transcriptions`: OpenAI's transcription request (multipart `file`, `model`,
   `response_format` json | text | srt | vtt | verbose_json, `timestamp_granularities[]`;
-  `language`, `prompt` and `temperature` accepted and ignored). Errors in OpenAI's shape
+  `language`, `prompt` and `temperature` accepted and ignored, `prompt` read as hotwords with
+  `prompt_as_hotwords`) and fields of our own: `hotwords` (`WORD[:BOOST]` items separated by
+  commas or newlines, added to the server's) and `grammar` (grammar text, `asr.context`). Errors in OpenAI's shape
   `{"error": {"message", "type", "param", "code"}}`.
 - `GET /v1/models`, `GET /health`.
 - `WebSocket /v1/stream`: live recognition with a streaming model (`asr.stream`).
@@ -46,6 +48,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from asr.audio import AudioError, SampleRateCheck, training_rate
+from asr.context_fields import options_from_form
 from asr.formats import Cue, Transcript, group_cues, to_srt, to_vtt
 from asr.inference import LONG_AUDIO_SECONDS, Audio, decoder_for, read_audio, recognize, transcribe
 from asr.options import DecodeOptions, resolve_options
@@ -80,6 +83,7 @@ class ServerConfig:
     request_timeout: float = 300.0
     body_timeout: float = 30.0
     cors_origins: tuple[str, ...] = field(default_factory=tuple)
+    prompt_as_hotwords: bool = False  # read OpenAI's `prompt` field as a hotword list
 
     @property
     def max_upload_bytes(self) -> int:
@@ -95,6 +99,7 @@ class _Job:
     audio: Audio
     future: Future
     word_times: bool
+    options: DecodeOptions | None = None  # the request's own (hotwords, grammar); None: the server's
 
 
 class Batcher:
@@ -117,10 +122,12 @@ class Batcher:
         for t in self.threads:
             t.start()
 
-    def submit(self, audio: Audio, word_times: bool = True) -> Future:
+    def submit(self, audio: Audio, word_times: bool = True, options: DecodeOptions | None = None) -> Future:
+        """Queue a recording, decoded with `options` (default: the server's); QueueFull when
+        the queue is full."""
         future: Future = Future()
         try:
-            self.jobs.put_nowait(_Job(audio, future, word_times))
+            self.jobs.put_nowait(_Job(audio, future, word_times, None if options == self.options else options))
         except queue.Full:
             raise QueueFull(f"{self.jobs.maxsize} recordings are waiting") from None
         return future
@@ -150,14 +157,17 @@ class Batcher:
         while (batch := self._take()) is not None:
             batch = [j for j in batch if j.future.set_running_or_notify_cancel()]
             short = [j for j in batch if j.audio.duration <= LONG_AUDIO_SECONDS]
-            for words in (True, False):
-                group = [j for j in short if j.word_times == words]
-                if group:
-                    self._run(group, lambda g=group, w=words: recognize(self.model, [j.audio for j in g], self.options, decoder=self.decoder, word_times=w))
+            # one group per set of options: each request is searched with its own hotwords
+            for opts in dict.fromkeys(j.options for j in short):
+                options, decoder = (self.options, self.decoder) if opts is None else (opts, decoder_for(self.model, opts))
+                for words in (True, False):
+                    group = [j for j in short if j.word_times == words and j.options == opts]
+                    if group:
+                        self._run(group, lambda g=group, w=words, o=options, d=decoder: recognize(self.model, [j.audio for j in g], o, decoder=d, word_times=w))
             for j in batch:
                 if j.audio.duration > LONG_AUDIO_SECONDS:
-                    a = j.audio
-                    self._run([j], lambda a=a, w=j.word_times: [transcribe(self.model, a.samples, a.sample_rate, self.options, decoder=self.decoder, word_times=w)])
+                    a, o = j.audio, j.options or self.options
+                    self._run([j], lambda a=a, w=j.word_times, o=o: [transcribe(self.model, a.samples, a.sample_rate, o, decoder=decoder_for(self.model, o), word_times=w)])
 
     @staticmethod
     def _run(jobs: list[_Job], work: Any) -> None:
@@ -343,6 +353,10 @@ def create_app(model: Any, options: DecodeOptions | None = None, config: ServerC
             if g not in ("word", "segment"):
                 return openai_error(f"timestamp_granularities must be word or segment, got {g!r}", 400, param="timestamp_granularities[]", code="invalid_request")
         filename = upload.filename or "file"
+        try:
+            request_options = await asyncio.to_thread(options_from_form, model, options, form, config.prompt_as_hotwords)
+        except ValueError as e:
+            return openai_error(str(e), 400, param=getattr(e, "param", None), code="invalid_context")
         data = await upload.read()
         await upload.close()
         try:
@@ -353,7 +367,7 @@ def create_app(model: Any, options: DecodeOptions | None = None, config: ServerC
             if rate_check.add(audio.source_rate):
                 rate_check.warn(sys.stderr)
         try:
-            future = batcher.submit(audio, word_times=fmt != "text" and fmt != "json")
+            future = batcher.submit(audio, word_times=fmt != "text" and fmt != "json", options=request_options)
         except QueueFull as e:
             response = openai_error(f"server busy: {e}; retry later", 503, code="overloaded")
             response.headers["Retry-After"] = "1"
