@@ -51,7 +51,7 @@ __all__ = [
     "split_list",
 ]
 
-DEFAULT_BOOST = 2.0  # added per token of a hotword's spelling (log-probability units, nats)
+DEFAULT_BOOST = 1.5  # as sherpa-onnx; added per token of a hotword's spelling (log-probability units, nats)
 MAX_BOOST = 100.0
 MAX_HOTWORDS = 10_000  # per list: a request cannot make the server build an unbounded graph
 MAX_GRAMMAR_STATES = 100_000
