@@ -189,6 +189,17 @@ class BeamSearch:
 
         return search_views(self, views)
 
+    def _finals(self, hyps: Any, greedy_score: float = 0.0) -> list[Hypothesis]:
+        """The flashlight decoder's final hypotheses of an online search as Hypotheses
+        (`greedy_score`: the summed best log-probability of its frames, for searches that
+        compare against it)."""
+        out = [self._hypothesis(h.tokens, h.words, h.score) for h in hyps]
+        return out[: self.nbest] or [Hypothesis("", float("-inf"), [])]
+
+    def context_score(self, text: str) -> float:
+        """What the search adds to a hypothesis beyond the LM and word scores (hotwords'
+        bonuses, `asr.bias.ContextSearch`): 0 here."""
+        return 0.0
 
     def begin(self) -> _BeamOnline:
         """An online search of one utterance, with a decoder of its own over the shared LM."""
@@ -211,6 +222,7 @@ class _BeamOnline:
     def __init__(self, search: BeamSearch, decoder: Any):
         self.search, self.decoder, self.frames, self.done = search, decoder, 0, False
         self.greedy: list[int] = []  # the most likely token of every frame stepped
+        self.greedy_score = 0.0  # the sum of their log-probabilities
         decoder.decode_begin()
 
     def step(self, log_probs: torch.Tensor) -> None:
@@ -219,6 +231,7 @@ class _BeamOnline:
         if len(log_probs):
             self.decoder.decode_step(log_probs.detach().float().cpu().contiguous())
             self.greedy += log_probs.argmax(-1).tolist()
+            self.greedy_score += float(log_probs.detach().float().amax(-1).sum())
             self.frames += len(log_probs)
 
     def partial(self) -> Hypothesis:
@@ -241,8 +254,7 @@ class _BeamOnline:
             self.decoder.decode_step(closing)
             self.decoder.decode_end()
             self.done = True
-        hyps = [self.search._hypothesis(h.tokens, h.words, h.score) for h in self.decoder.get_final_hypothesis()]
-        return hyps[: self.search.nbest] or [Hypothesis("", float("-inf"), [])]
+        return self.search._finals(self.decoder.get_final_hypothesis(), self.greedy_score)
 
 
 # What KenLM prints to the terminal while it reads an ARPA file: advice and a progress bar.

@@ -172,6 +172,10 @@ def open_bytes(data: bytes, name: str = "<bytes>", max_seconds: float | None = N
 def _decoder(tokens: tuple[str, ...], options: DecodeOptions) -> Decoder:
     from asr.text import Tokenizer
 
+    if options.hotwords or options.grammar is not None:  # share the loaded lexicon and LM
+        plain = replace(options, hotwords=(), grammar=None)
+        base = _decoder(tokens, plain) if options.grammar is None and plain.lexicon is not None else None
+        return make_decoder(Tokenizer(tokens), options, base)
     return make_decoder(Tokenizer(tokens), options)
 
 

@@ -15,8 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from asr.config import Config, ConfigError, DecodeConfig, load_decode_settings, set_value
+from asr.context import ContextError, Grammar, Hotword
 
-__all__ = ["DecodeOptions", "resolve_options", "make_decoder"]
+__all__ = ["DecodeOptions", "resolve_options", "make_decoder", "with_context"]
+
+DEFAULT_GRAMMAR_THRESHOLD = 20.0
 
 
 @dataclass(frozen=True)
@@ -31,6 +34,13 @@ class DecodeOptions:
     view_nbest: hypotheses taken from each view's search before rescoring.
     nbest: hypotheses returned per utterance.
     batch_frames: padded feature frames per acoustic-model batch.
+    hotwords: words or phrases to favour (`asr.context.Hotword`: each with its boost per token);
+        words missing from the lexicon are added, spelled in the model's tokens. With greedy
+        decoding they make it a small lexicon-free beam search (`asr.bias.GREEDY_CONTEXT_BEAM`).
+    grammar: the only phrases that may be output (`asr.context.Grammar`); the lexicon and LM
+        are then the grammar's; speech that fits no phrase gives the empty result.
+    grammar_threshold: how far (nats) the best phrase may score below the acoustic model's own
+        best path before it counts as fitting none (inf: never reject).
     """
 
     beam: bool = False
@@ -44,6 +54,9 @@ class DecodeOptions:
     view_nbest: int = 10
     nbest: int = 1
     batch_frames: int = 40000
+    hotwords: tuple[Hotword, ...] = ()
+    grammar: Grammar | None = None
+    grammar_threshold: float = DEFAULT_GRAMMAR_THRESHOLD
 
     @property
     def uses_beam(self) -> bool:
@@ -92,15 +105,38 @@ def resolve_options(
         if key in rest:
             rest[key] = str(rest[key])
     options = replace(options, **rest)
+    options = with_context(options, options.hotwords, options.grammar, options.grammar_threshold)
     if "beam_size" in given or "speeds" in given:
         options = replace(options, beam=True)
     return options
 
 
-def make_decoder(tokenizer: Any, options: DecodeOptions) -> Any:
-    """The search that `options` ask for: `asr.beam.GreedySearch` or `asr.beam.BeamSearch`."""
+def with_context(options: DecodeOptions, hotwords: Any = (), grammar: Grammar | None = None, grammar_threshold: float | None = None) -> DecodeOptions:
+    """`options` with these hotwords (a sequence of `Hotword`), grammar and threshold, checked:
+    ContextError for a hotwords entry that is not a Hotword, a grammar that is not a Grammar or
+    a threshold that is not a positive number."""
+    hotwords = tuple(hotwords or ())
+    for h in hotwords:
+        if not isinstance(h, Hotword):
+            raise ContextError(f"hotwords must be asr.context.Hotword values (asr.context.parse_hotwords), got {h!r}")
+    if grammar is not None and not isinstance(grammar, Grammar):
+        raise ContextError(f"grammar must be an asr.context.Grammar (asr.context.read_grammar), got {type(grammar).__name__}")
+    threshold = options.grammar_threshold if grammar_threshold is None else grammar_threshold
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not threshold > 0:
+        raise ContextError(f"grammar_threshold must be a positive number of nats (inf: never reject), got {threshold!r}")
+    return replace(options, hotwords=hotwords, grammar=grammar, grammar_threshold=float(threshold))
+
+
+def make_decoder(tokenizer: Any, options: DecodeOptions, base: Any = None) -> Any:
+    """The search that `options` ask for: `asr.beam.GreedySearch`, `asr.beam.BeamSearch`, or with
+    hotwords or a grammar `asr.bias.ContextSearch` (`base`: the search of the same options
+    without them, whose loaded lexicon and LM it shares)."""
     from asr.beam import BeamSearch, GreedySearch
 
+    if options.hotwords or options.grammar is not None:
+        from asr.bias import context_search
+
+        return context_search(tokenizer, options, base)
     if not options.uses_beam:
         return GreedySearch(tokenizer)
     return BeamSearch(tokenizer, options.decode_config(), lexicon=options.lexicon, lm=options.lm, nbest=options.nbest)

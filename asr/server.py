@@ -5,7 +5,9 @@ Routes (`create_app`):
 - `POST /v1/audio/transcriptions`: OpenAI's transcription request (multipart `file`, `model`,
   `response_format` json | text | srt | vtt | verbose_json, `timestamp_granularities[]`;
   `stream=true` for OpenAI's streamed events; `language`, `prompt` and `temperature` accepted and
-  ignored). Errors in OpenAI's shape
+  ignored, `prompt` read as hotwords with `prompt_as_hotwords`) and fields of our own: `hotwords`
+  (`WORD[:BOOST]` items separated by commas or newlines, added to the server's) and `grammar`
+  (grammar text, `asr.context`). Errors in OpenAI's shape
   `{"error": {"message", "type", "param", "code"}}`.
 - `GET /v1/models`, `GET /health`.
 - `WebSocket /v1/stream`: live recognition with a streaming model (`asr.stream`).
@@ -51,6 +53,7 @@ from fastapi.sse import EventSourceResponse, format_sse_event
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from asr.audio import AudioError, AudioTooLong, SampleRateCheck, training_rate
+from asr.context_fields import options_from_form
 from asr.formats import Cue, Transcript, group_cues, to_srt, to_vtt
 from asr.inference import LONG_AUDIO_SECONDS, Audio, EncodedAudio, decoder_for, join_segments, open_bytes, recognize
 from asr.options import DecodeOptions, resolve_options
@@ -93,6 +96,7 @@ class ServerConfig:
     body_timeout: float = 30.0
     max_audio_seconds: float = 3600.0
     cors_origins: tuple[str, ...] = field(default_factory=tuple)
+    prompt_as_hotwords: bool = False  # read OpenAI's `prompt` field as a hotword list
 
     @property
     def max_upload_bytes(self) -> int:
@@ -119,6 +123,7 @@ class Job:
     future: Future
     word_times: bool = True
     on_segment: Callable[[Transcript], None] | None = None
+    options: DecodeOptions | None = None  # the request's own (hotwords, grammar); None: the server's
     cancelled: threading.Event = field(default_factory=threading.Event)
 
     @property
@@ -157,8 +162,12 @@ class Batcher:
         for t in self.threads:
             t.start()
 
-    def submit(self, audio: Audio | EncodedAudio, word_times: bool = True, on_segment: Callable[[Transcript], None] | None = None) -> Job:
-        job = Job(audio, Future(), word_times, on_segment)
+    def submit(
+        self, audio: Audio | EncodedAudio, word_times: bool = True, on_segment: Callable[[Transcript], None] | None = None, options: DecodeOptions | None = None
+    ) -> Job:
+        """Queue a recording, decoded with `options` (default: the server's); QueueFull when
+        the queue is full."""
+        job = Job(audio, Future(), word_times, on_segment, None if options == self.options else options)
         try:
             self.jobs.put_nowait(job)
         except queue.Full:
@@ -197,28 +206,44 @@ class Batcher:
     def _work(self) -> None:
         while (batch := self._take()) is not None:
             short = [j for j in batch if not j.long]
-            for words in (True, False):
-                group = self._start([j for j in short if j.word_times == words])
-                if group:
-                    self._run(group, lambda g=group, w=words: recognize(self.model, [j.audio for j in g], self.options, decoder=self.decoder, word_times=w))
+            # one group per set of options: each request is searched with its own hotwords
+            for opts in dict.fromkeys(j.options for j in short):
+                options, decoder = self._search(opts)
+                for words in (True, False):
+                    group = self._start([j for j in short if j.word_times == words and j.options == opts])
+                    if group:
+                        self._run(group, lambda g=group, w=words, o=options, d=decoder: recognize(self.model, [j.audio for j in g], o, decoder=d, word_times=w))
             for j in batch:
                 if j.long and self._start([j]):
                     self._run([j], lambda j=j: [self._long(j)])
 
+    def _search(self, opts: DecodeOptions | None) -> tuple[DecodeOptions, Any]:
+        """The options and decoder of a job's `options` (None: the server's own)."""
+        return (self.options, self.decoder) if opts is None else (opts, decoder_for(self.model, opts))
+
     def _long(self, job: Job) -> Transcript:
+        """A recording over LONG_AUDIO_SECONDS, cut at pauses and recognised segment by segment:
+        decoded block by block (an `EncodedAudio`), or from its samples (an `Audio`, e.g. Wyoming's PCM)."""
+        from asr.segment import segment_stream
+
         audio = job.audio
-        assert isinstance(audio, EncodedAudio)
         sr = self.model.cfg.features.sample_rate
+        options, decoder = self._search(job.options)
+        if isinstance(audio, EncodedAudio):
+            pieces, rate = audio.segments(sr), audio.sample_rate
+        else:
+            blocks = (audio.samples[i : i + sr] for i in range(0, len(audio.samples), sr))
+            pieces, rate = segment_stream(blocks, sr, sr, max_seconds=LONG_AUDIO_SECONDS), audio.source_rate
 
         def segments() -> Iterator[Any]:
-            for seg in audio.segments(sr):
+            for seg in pieces:
                 if job.cancelled.is_set():
                     with self._count:
                         self.dropped += 1
                     raise Dropped("dropped between segments")
                 yield seg
 
-        return join_segments(self.model, segments(), audio.duration, audio.sample_rate, self.options, self.decoder, job.word_times, on_segment=job.on_segment)
+        return join_segments(self.model, segments(), audio.duration, rate, options, decoder, job.word_times, on_segment=job.on_segment)
 
     @staticmethod
     def _run(jobs: list[Job], work: Any) -> None:
@@ -522,6 +547,10 @@ def create_app(model: Any, options: DecodeOptions | None = None, config: ServerC
             return openai_error(f"stream=true sends text events: response_format must be {' or '.join(STREAM_FORMATS)}, got {fmt!r}", 400, param="stream", code="invalid_request")
         filename = upload.filename or UNNAMED_UPLOAD
         try:
+            request_options = await asyncio.to_thread(options_from_form, model, options, form, config.prompt_as_hotwords)
+        except ValueError as e:
+            return openai_error(str(e), 400, param=getattr(e, "param", None), code="invalid_context")
+        try:
             audio = await asyncio.to_thread(open_upload, upload.data, filename, model.cfg.features.sample_rate, config.max_audio_seconds)
         except AudioError as e:
             return audio_error(e)
@@ -530,7 +559,7 @@ def create_app(model: Any, options: DecodeOptions | None = None, config: ServerC
                 rate_check.warn(sys.stderr)
         deltas = TextDeltas() if streamed == "true" else None
         try:
-            job = batcher.submit(audio, word_times=fmt != "text" and fmt != "json", on_segment=deltas.segment_done if deltas else None)
+            job = batcher.submit(audio, word_times=fmt != "text" and fmt != "json", on_segment=deltas.segment_done if deltas else None, options=request_options)
         except QueueFull as e:
             response = openai_error(f"server busy: {e}; retry later", 503, code="overloaded")
             response.headers["Retry-After"] = "1"

@@ -4,7 +4,8 @@ The protocol, in the order of a session:
 
 1. The client sends a text message `{"type": "start", "sample_rate": 16000}` (optionally
    `"api_key"` when the server has one and the client cannot send an Authorization header, as
-   browsers cannot on a WebSocket).
+   browsers cannot on a WebSocket), `"hotwords": ["WORD", "WORD:BOOST", ...]` and `"grammar":
+   "<grammar text>"` for this stream alone (`asr.context_fields`).
 2. The server answers `{"type": "ready", "sample_rate": <the model's>, "model": <kind>}`.
 3. The client sends binary messages of 16-bit little-endian mono PCM at its `sample_rate`, in
    pieces of any size; the server sends `{"type": "partial", ...}` whenever the current
@@ -72,11 +73,14 @@ async def serve_stream(websocket: WebSocket, model: Any, options: Any, config: A
             raise _Close(f"sample_rate must be a whole number of Hz between 1000 and 768000, got {rate!r}", 1008)
         try:
             asked = inspect_request(header, model)
+            from asr.context_fields import request_options
+
+            own = await asyncio.to_thread(request_options, model, options, header.get("hotwords"), header.get("grammar"))
         except ValueError as e:
             raise _Close(str(e), 1008) from None
         try:
             inspector = LiveInspector(model, asked) if asked else None
-            stream = Stream(model, options, rate_check=rate_check, emissions=inspector)
+            stream = Stream(model, own, rate_check=rate_check, emissions=inspector)
         except NotStreamingError as e:
             raise _Close(str(e), 1000) from None
         ready = {"type": "ready", "sample_rate": model.cfg.features.sample_rate, "model": model.cfg.model.kind}

@@ -46,7 +46,7 @@ def search_views(search: BeamSearch, views: list[torch.Tensor]) -> list[Hypothes
     am = torch.stack([ctc_log_likelihoods(lp, targets, boundary) for lp in views]).mean(0)
     cfg = search.cfg
     scored = [
-        Hypothesis(t, float(a) + cfg.lm_weight * search.lm_log10(t) + cfg.word_score * len(t.split()), pooled[t].token_ids)
+        Hypothesis(t, float(a) + cfg.lm_weight * search.lm_log10(t) + cfg.word_score * len(t.split()) + search.context_score(t), pooled[t].token_ids)
         for t, a in zip(texts, am, strict=True)
     ]
     return sorted(scored, key=lambda h: -h.score)[: search.nbest]

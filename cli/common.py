@@ -18,6 +18,10 @@ LM = Annotated[Path | None, typer.Option(help="n-gram LM, ARPA or KenLM binary (
 LMWeight = Annotated[float | None, typer.Option(help="LM weight.")]
 WordScore = Annotated[float | None, typer.Option(help="Score added per word.")]
 DecoderConfig = Annotated[Path | None, typer.Option("--decoder-config", help="TOML with a \\[decode] table, e.g. written by asr tune-decoder.")]
+HotwordsFile = Annotated[Path | None, typer.Option("--hotwords-file", help="Words or phrases to favour, one a line: word, or word<TAB>boost (boost: score added per letter and word end, default 1.5). Words missing from the lexicon are added. Greedy decoding then becomes a small beam search (beam 10, no lexicon).")]
+HotwordFlag = Annotated[list[str] | None, typer.Option("--hotword", help="A word or phrase to favour, WORD or WORD:BOOST (repeatable; with --hotwords-file too). Greedy decoding then becomes a small beam search (beam 10, no lexicon).")]
+GrammarFile = Annotated[Path | None, typer.Option("--grammar", help="Only these phrases may be recognised: one a line, ( A | B ) for a choice, [ A ] for optional words, # comments (docs/decoding.md). Speech fitting none gives an empty result.")]
+GrammarThreshold = Annotated[float | None, typer.Option(help="With --grammar: how far (nats) the best phrase may score below the acoustic model's best path before the speech counts as fitting none (inf: never).")]
 Speeds = Annotated[str | None, typer.Option(help="Test-time speed views for the beam search (implies --beam), e.g. 0.9,1,1.1: each view is searched and the pooled hypotheses are rescored by their mean CTC score.")]
 
 
@@ -102,11 +106,18 @@ def decode_options(
     decoder_config: Path | None = None,
     nbest: int = 1,
     speeds: str | None = None,
+    *,
+    hotwords_file: Path | None = None,
+    hotword: list[str] | None = None,
+    grammar: Path | None = None,
+    grammar_threshold: float | None = None,
 ) -> DecodeOptions:
     """The decoding options the flags ask for, over the checkpoint's [decode] settings and a
-    decoder file (`asr.options.resolve_options`)."""
+    decoder file (`asr.options.resolve_options`). Hotwords and grammar are read here
+    (ContextError, one line naming the file or flag, for ones that cannot be used)."""
     from asr.options import resolve_options
 
+    hotwords, grammar_value = context_flags(hotwords_file, hotword, grammar)
     return resolve_options(
         model.cfg.decode,
         decoder_config,
@@ -119,4 +130,21 @@ def decode_options(
         word_score=word_score,
         speeds=_speeds(speeds) if speeds is not None else None,
         nbest=nbest,
+        hotwords=hotwords or None,
+        grammar=grammar_value,
+        grammar_threshold=grammar_threshold,
     )
+
+
+def context_flags(hotwords_file: Path | None, hotword: list[str] | None, grammar: Path | None) -> tuple[tuple, Any]:
+    """The hotwords of --hotwords-file and --hotword (in that order; a later boost of the same
+    word wins) and the grammar of --grammar."""
+    from asr.context import parse_hotwords, read_grammar, read_hotwords
+
+    hotwords: tuple = ()
+    if hotwords_file is not None:
+        hotwords = read_hotwords(hotwords_file)
+    if hotword is not None:
+        given = parse_hotwords(hotword, "--hotword")
+        hotwords = tuple({h.words: h for h in (*hotwords, *given)}.values())
+    return hotwords, read_grammar(grammar) if grammar is not None else None

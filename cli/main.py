@@ -18,6 +18,10 @@ from cli.common import (
     BeamSize,
     BeamThreshold,
     DecoderConfig,
+    GrammarFile,
+    GrammarThreshold,
+    HotwordFlag,
+    HotwordsFile,
     Lexicon,
     LMWeight,
     Speeds,
@@ -112,11 +116,12 @@ def train_cmd(
 
 
 
-def _decoder(model, beam: bool, beam_size, beam_threshold, lexicon, lm, lm_weight, word_score, decoder_config, nbest: int = 1, speeds: str | None = None):
-    """The search the flags ask for (`cli.common.decode_options`)."""
+def _decoder(model, beam: bool, beam_size, beam_threshold, lexicon, lm, lm_weight, word_score, decoder_config, nbest: int = 1, speeds: str | None = None, **context):
+    """The search the flags ask for (`cli.common.decode_options`; `context`: its hotword and
+    grammar flags)."""
     from asr.options import make_decoder
 
-    options = decode_options(model, beam, beam_size, beam_threshold, lexicon, lm, lm_weight, word_score, decoder_config, nbest, speeds)
+    options = decode_options(model, beam, beam_size, beam_threshold, lexicon, lm, lm_weight, word_score, decoder_config, nbest, speeds, **context)
     return make_decoder(model.tokenizer, options)
 
 
@@ -134,6 +139,10 @@ def decode_cmd(
     word_score: WordScore = None,
     decoder_config: DecoderConfig = None,
     speeds: Speeds = None,
+    hotwords_file: HotwordsFile = None,
+    hotword: HotwordFlag = None,
+    grammar: GrammarFile = None,
+    grammar_threshold: GrammarThreshold = None,
     nbest: Annotated[int, typer.Option(help="Also write the n best hypotheses with scores (beam search).")] = 1,
     batch_frames: Annotated[int | None, typer.Option(help="Padded feature frames per batch.")] = None,
     device: Device = "cpu",
@@ -144,7 +153,10 @@ def decode_cmd(
 
     _threads(threads)
     acoustic = load_model(model, device)
-    decoder = _decoder(acoustic, beam, beam_size, beam_threshold, lexicon, lm, lm_weight, word_score, decoder_config, nbest, speeds)
+    decoder = _decoder(
+        acoustic, beam, beam_size, beam_threshold, lexicon, lm, lm_weight, word_score, decoder_config, nbest, speeds,
+        hotwords_file=hotwords_file, hotword=hotword, grammar=grammar, grammar_threshold=grammar_threshold,
+    )
     report = decode_manifest(acoustic, manifest, out, decoder, batch_frames, nbest)
     rtf = f", RTF {report.seconds / report.audio_seconds:.4f}" if report.audio_seconds else ""
     _echo(f"decoded {report.decoded} utterances ({len(report.failed)} failed) in {report.seconds:.1f} s{rtf} -> {out}")
@@ -168,6 +180,10 @@ def transcribe_cmd(
     word_score: WordScore = None,
     decoder_config: DecoderConfig = None,
     speeds: Speeds = None,
+    hotwords_file: HotwordsFile = None,
+    hotword: HotwordFlag = None,
+    grammar: GrammarFile = None,
+    grammar_threshold: GrammarThreshold = None,
     segmenter: Annotated[str | None, typer.Option(help="What finds the pauses to cut audio longer than 30 s at: energy (an adaptive energy threshold) or silero (Silero VAD); default: energy.")] = None,
     device: Device = "cpu",
     threads: Threads = 0,
@@ -206,7 +222,10 @@ def transcribe_cmd(
         raise typer.Exit(1)
     _threads(threads)
     acoustic = load_model(model, device)
-    decoder = _decoder(acoustic, beam, beam_size, beam_threshold, lexicon, lm, lm_weight, word_score, decoder_config, speeds=speeds)
+    decoder = _decoder(
+        acoustic, beam, beam_size, beam_threshold, lexicon, lm, lm_weight, word_score, decoder_config, speeds=speeds,
+        hotwords_file=hotwords_file, hotword=hotword, grammar=grammar, grammar_threshold=grammar_threshold,
+    )
     written: dict[tuple[int, int], str] = {}  # outputs of this run (device, inode) -> their input
     results = transcribe(acoustic, found.paths, decoder, timestamps=fmt != "txt", progress=len(found.paths) > 20, segmenter=segmenter)
     for i, result in enumerate(results):

@@ -15,6 +15,10 @@ from cli.common import (
     BeamSize,
     BeamThreshold,
     DecoderConfig,
+    GrammarFile,
+    GrammarThreshold,
+    HotwordFlag,
+    HotwordsFile,
     Lexicon,
     LMWeight,
     WordScore,
@@ -48,6 +52,10 @@ def stream_cmd(
     lm_weight: LMWeight = None,
     word_score: WordScore = None,
     decoder_config: DecoderConfig = None,
+    hotwords_file: HotwordsFile = None,
+    hotword: HotwordFlag = None,
+    grammar: GrammarFile = None,
+    grammar_threshold: GrammarThreshold = None,
     device: Annotated[str, typer.Option(help="auto (CUDA when present), cpu or cuda.")] = "cpu",
     threads: Annotated[int, typer.Option(help="CPU threads for torch (0: torch's default).")] = 0,
 ) -> None:
@@ -85,7 +93,8 @@ def stream_cmd(
     except (ValueError, RuntimeError) as e:
         raise fail(str(e)) from None
     set_threads(threads)
-    stream = _open_stream(model, device, endpoint, vad, beam, beam_size, beam_threshold, lexicon, lm, lm_weight, word_score, decoder_config)
+    context = {"hotwords_file": hotwords_file, "hotword": hotword, "grammar": grammar, "grammar_threshold": grammar_threshold}
+    stream = _open_stream(model, device, endpoint, vad, beam, beam_size, beam_threshold, lexicon, lm, lm_weight, word_score, decoder_config, context)
     if mic:
         audio = mic_source(rate or stream.sample_rate, chunk)
     terminal = sys.stdout.isatty() and not as_json
@@ -100,14 +109,14 @@ def stream_cmd(
         view.close()
 
 
-def _open_stream(model, device, endpoint, vad, beam, beam_size, beam_threshold, lexicon, lm, lm_weight, word_score, decoder_config):
+def _open_stream(model, device, endpoint, vad, beam, beam_size, beam_threshold, lexicon, lm, lm_weight, word_score, decoder_config, context=None):
     """The model loaded and its stream opened; one error line for a model that cannot be used."""
     from asr.decode import load_model
     from asr.stream import Stream
 
     try:
         acoustic = load_model(model, device)
-        options = decode_options(acoustic, beam, beam_size, beam_threshold, lexicon, lm, lm_weight, word_score, decoder_config)
+        options = decode_options(acoustic, beam, beam_size, beam_threshold, lexicon, lm, lm_weight, word_score, decoder_config, **(context or {}))
         return Stream(acoustic, options, endpoint, vad=vad)
     except (ValueError, OSError, RuntimeError) as e:
         raise fail(str(e)) from None
