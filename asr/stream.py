@@ -12,8 +12,10 @@
 
 What one `accept` does:
 
-1. audio at another rate than the model's is resampled on the way in (python-soxr's streaming
-   resampler, `soxr.ResampleStream`); audio below the model's training rate is counted with
+1. audio at another rate than the model's is resampled on the way in with the filter offline
+   decoding and training use (torchaudio's sinc interpolation, `asr.audio.resample`), applied
+   piece by piece (`asr.audio.StreamResampler`): the model hears the samples `asr.transcribe`
+   gives it, whatever the rate; audio below the model's training rate is counted with
    `asr.audio.SampleRateCheck` and said once;
 2. the samples go to the acoustic model (`asr.streaming.OnlineEmissions`), which returns the
    log-probabilities of the output frames that are final now, and to the voice-activity
@@ -60,6 +62,7 @@ from asr.audio import (
     MIN_SAMPLE_RATE,
     AudioError,
     SampleRateCheck,
+    StreamResampler,
     is_sample_rate,
     mix_down,
     training_rate,
@@ -210,9 +213,7 @@ class Stream:
         if self._finished:
             raise RuntimeError("Stream: finish() called twice")
         self._finished = True
-        rest = np.zeros(0, np.float32)
-        if self._resampler is not None:
-            rest = self._resampler.resample_chunk(np.zeros(0, np.float32), last=True).astype(np.float32)
+        rest = self._resampler.finish() if self._resampler is not None else np.zeros(0, np.float32)
         frames = [self.emissions.accept(rest)] if len(rest) else []
         self._feed(rest, None)
         frames.append(self.emissions.finish())
@@ -255,13 +256,11 @@ class Stream:
             if self.rate_check.add(rate) and self._own_check:
                 self.rate_check.warn(sys.stderr)
             if rate != self.sample_rate:
-                import soxr
-
-                self._resampler = soxr.ResampleStream(rate, self.sample_rate, 1, dtype="float32")
+                self._resampler = StreamResampler(rate, self.sample_rate)
         elif rate != self.input_rate:
             raise ValueError(f"this stream's audio is at {self.input_rate} Hz; got samples at {rate} Hz (one rate per stream)")
         if self._resampler is not None:
-            x = self._resampler.resample_chunk(x).astype(np.float32, copy=False)
+            x = self._resampler.accept(x)
         return x
 
     def _feed(self, x: np.ndarray, frames: torch.Tensor | None) -> None:

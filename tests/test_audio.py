@@ -45,3 +45,38 @@ def test_bad_audio_names_file_and_reason(tmp_path: Path, make, reason: str) -> N
         load_audio(path)
     assert e.value.reason.startswith(reason)
     assert str(path) in str(e.value)
+
+
+RATES = [8000, 11025, 16000, 22050, 32000, 44100, 48000]
+
+
+@pytest.mark.parametrize("rate", RATES)
+@pytest.mark.parametrize("model_rate", [16000, 8000])
+def test_stream_resampler_gives_what_resample_gives_however_the_audio_is_cut(rate: int, model_rate: int) -> None:
+    from asr.audio import StreamResampler, resample
+
+    rng = np.random.default_rng(rate)
+    x = (0.3 * rng.standard_normal(int(0.37 * rate) + 5)).astype(np.float32)
+    want = resample(x, rate, model_rate)
+    for sizes in ([1], [3, 1, 700, 2], [len(x)], [rng.integers(1, 2000) for _ in range(50)]):
+        r, got, i, k = StreamResampler(rate, model_rate), [], 0, 0
+        while i < len(x):
+            got.append(r.accept(x[i : i + sizes[k % len(sizes)]]))
+            i, k = i + sizes[k % len(sizes)], k + 1
+        got.append(r.accept(x[:0]))
+        got.append(r.finish())
+        y = np.concatenate(got)
+        assert y.dtype == np.float32 and len(y) == len(want), sizes
+        assert np.abs(y - want).max() < 1e-5, sizes
+    with pytest.raises(RuntimeError):
+        r.accept(x)
+
+
+def test_stream_resampler_of_odd_rates_and_short_input() -> None:
+    from asr.audio import StreamResampler, resample
+
+    x = np.random.default_rng(1).standard_normal(5).astype(np.float32)
+    for rate in (44101, 8001, 12345):
+        r = StreamResampler(rate, 16000)
+        y = np.concatenate([r.accept(x[:2]), r.accept(x[2:]), r.finish()])
+        assert np.abs(y - resample(x, rate, 16000)).max() < 1e-5

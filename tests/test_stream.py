@@ -378,7 +378,59 @@ def test_streams_of_one_model_at_once_and_resampled_input(lstm_model: Path, caps
     f, last, _ = _run(asr.stream(model), z, 800, rate=8000)
     err = capsys.readouterr().err
     assert err.count("warning:") == 1 and "8000 Hz" in err
-    assert f
+    assert f or last.text
+
+
+class _Heard:
+    """OnlineEmissions that keeps the samples it is given (no `reset`: each sample once)."""
+
+    def __init__(self, model):
+        from asr.streaming import OnlineEmissions
+
+        self.online = OnlineEmissions(model)
+        self.frame_seconds = self.online.frame_seconds
+        self.samples: list[np.ndarray] = []
+
+    def accept(self, x: np.ndarray) -> torch.Tensor:
+        self.samples.append(np.array(x))
+        return self.online.accept(x)
+
+    def finish(self) -> torch.Tensor:
+        return self.online.finish()
+
+
+def _tones_at(rate: int, seed: int) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [tone_utterance(words, rng, rate) for words in SEGMENTS]
+
+
+@pytest.mark.parametrize("rate", [8000, 11025, 22050, 32000, 44100, 48000])
+@pytest.mark.parametrize("chunk_seconds", [0.1, 0.0123])
+def test_the_stream_resamples_as_offline_decoding_does(lstm_model: Path, rate: int, chunk_seconds: float) -> None:
+    import asr
+    from asr.inference import read_audio
+
+    model = asr.load_model(lstm_model)
+    x = np.concatenate(_tones_at(rate, 8))
+    heard = _Heard(model)
+    _run(asr.stream(model, emissions=heard, vad=False), x, max(1, int(chunk_seconds * rate)), rate=rate)
+    fed = np.concatenate(heard.samples)
+    offline = read_audio(x, rate, SR).samples  # what asr.transcribe gives the model
+    assert len(fed) == len(offline) and np.abs(fed - offline).max() < 1e-5
+
+
+@pytest.mark.parametrize("rate", [8000, 44100, 48000])
+def test_live_and_offline_give_the_same_words_at_other_rates(lstm_model: Path, rate: int) -> None:
+    import asr
+
+    model = asr.load_model(lstm_model)
+    segments = _tones_at(rate, 9)
+    pause = (0.01 * np.random.default_rng(1).standard_normal(int(1.8 * rate))).astype(np.float32)
+    x = np.concatenate([p for s in segments for p in (s, pause)])
+    # one utterance (no endpoint): the final is the offline decoding of the whole
+    never = EndpointConfig(1000.0, 1000.0, 1000.0)
+    finals, last, _ = _run(asr.stream(model, endpoint=never), x, int(0.1 * rate), rate=rate)
+    assert not finals and last.text == asr.transcribe(model, x, rate).text
 
 
 # --------------------------------------------------------------------------- stdin PCM
