@@ -218,6 +218,54 @@ def is_sample_rate(rate: object) -> bool:
     return isinstance(rate, (int, np.integer)) and not isinstance(rate, bool) and MIN_SAMPLE_RATE <= int(rate) <= MAX_SAMPLE_RATE
 
 
+# Integer PCM as soundfile reads it into floats: (x - offset) / scale.
+_PCM_SCALES = {
+    np.dtype(np.int8): (0, 128.0),
+    np.dtype(np.uint8): (128, 128.0),  # 8-bit WAV: offset binary
+    np.dtype(np.int16): (0, 32768.0),
+    np.dtype(np.uint16): (32768, 32768.0),
+    np.dtype(np.int32): (0, 2147483648.0),
+    np.dtype(np.uint32): (2147483648, 2147483648.0),
+}
+
+
+def as_float_samples(samples: Any, name: str = "<array>") -> np.ndarray:
+    """Samples given by a caller (a numpy array or a torch tensor, any shape) as float32 with
+    full scale 1.0, the same way for every API that takes arrays (`asr.transcribe`,
+    `asr.stream`, the segmenter, the online model):
+
+    - float16/32/64: the values as they are (float32);
+    - integer PCM, scaled as soundfile reads such files: int16 / 32768, int32 / 2**31, int8 / 128,
+      uint8 (8-bit WAV, offset binary) (x - 128) / 128, uint16 and uint32 likewise offset by
+      half their range.
+
+    Raises AudioError (a ValueError; one line naming `name` and the problem) for bool and
+    complex samples, int64/uint64 (no sample width says where full scale is: give float or
+    int16/int32), and anything that is not numbers."""
+    if _is_tensor(samples):
+        samples = samples.detach().cpu().numpy()
+    x = np.asarray(samples)
+    kind = x.dtype.kind
+    if kind == "f":
+        return x.astype(np.float32, copy=False)
+    if x.dtype in _PCM_SCALES:
+        offset, scale = _PCM_SCALES[x.dtype]
+        return ((x.astype(np.float64) - offset) / scale).astype(np.float32) if offset else (x / np.float32(scale)).astype(np.float32)
+    if kind == "b":
+        raise AudioError(name, "samples are bool: give float samples in [-1, 1] or integer PCM (int16, int32)")
+    if kind == "c":
+        raise AudioError(name, f"samples are complex ({x.dtype}): give real float samples in [-1, 1] or integer PCM (int16, int32)")
+    if kind in "iu":
+        raise AudioError(name, f"samples are {x.dtype}, whose full scale is unknown: give float samples in [-1, 1] or int16/int32 PCM")
+    raise AudioError(name, f"samples must be numbers (float, or integer PCM such as int16), got {x.dtype}")
+
+
+def _is_tensor(x: Any) -> bool:
+    """A torch tensor, found without importing torch when it was never imported."""
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(x, torch.Tensor)
+
+
 def mix_down(x: np.ndarray) -> np.ndarray:
     """Samples given as an array by a caller, mixed to mono: a 2-D array, (samples, channels) or
     (channels, samples), is averaged over its shorter axis, taken for the channels; other

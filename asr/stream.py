@@ -4,7 +4,7 @@
 
     model = asr.load_model("exp/live/model.pt")        # a model that can stream (lstm, lcblstm, ...)
     stream = asr.stream(model)                         # options=asr.resolve_options(...), endpoint=EndpointConfig(...)
-    for piece in pieces:                               # float32 (or int16) samples, any length
+    for piece in pieces:                               # float32 (or int16, int32...) samples, any length
         partial = stream.accept(piece, 16000)          # the utterance so far (it may still change)
         for final in stream.pop_finals():              # utterances ended by the endpoint rules
             print(final.text, [(w.word, w.start, w.end, w.confidence) for w in final.words])
@@ -63,6 +63,7 @@ from asr.audio import (
     AudioError,
     SampleRateCheck,
     StreamResampler,
+    as_float_samples,
     is_sample_rate,
     mix_down,
     training_rate,
@@ -185,10 +186,12 @@ class Stream:
 
     def accept(self, samples: np.ndarray | torch.Tensor, sample_rate: int | None = None) -> StreamResult:
         """Take the next samples (1-D, or 2-D (samples, channels) or (channels, samples), the
-        shorter axis taken for the channels and averaged; float in [-1, 1] or int16) at
+        shorter axis taken for the channels and averaged; float in [-1, 1] or integer PCM, scaled
+        by `asr.audio.as_float_samples` as `asr.transcribe` scales it) at
         `sample_rate` Hz (default: the model's; one rate per stream) and return the current
         partial. Utterances that ended meanwhile are queued for `pop_finals`. Raises AudioError
-        for samples that cannot be used (NaN, a bad rate), ValueError for a change of rate."""
+        for samples that cannot be used (NaN, bool or complex, a bad rate), ValueError for a
+        change of rate."""
         if self._finished:
             raise RuntimeError("Stream: accept() after finish()")
         x = self._resample(self._samples_of(samples), sample_rate)
@@ -229,14 +232,7 @@ class Stream:
     # --- input --------------------------------------------------------------------------
 
     def _samples_of(self, samples: np.ndarray | torch.Tensor) -> np.ndarray:
-        if isinstance(samples, torch.Tensor):
-            samples = samples.detach().cpu().numpy()
-        x = np.asarray(samples)
-        if x.dtype == np.int16:
-            x = x.astype(np.float32) / 32768.0
-        elif not np.issubdtype(x.dtype, np.floating):
-            raise AudioError("<stream>", f"samples must be float or int16, got {x.dtype}")
-        x = mix_down(x)
+        x = mix_down(as_float_samples(samples, "<stream>"))
         if x.ndim != 1:
             raise AudioError("<stream>", f"samples must be 1-D or (samples, channels), got shape {x.shape}")
         x = np.ascontiguousarray(x, dtype=np.float32)

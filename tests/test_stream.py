@@ -433,6 +433,33 @@ def test_live_and_offline_give_the_same_words_at_other_rates(lstm_model: Path, r
     assert not finals and last.text == asr.transcribe(model, x, rate).text
 
 
+def test_integer_pcm_is_scaled_as_offline_and_bool_or_complex_refused(lstm_model: Path) -> None:
+    import asr
+    from asr.audio import AudioError
+
+    model = asr.load_model(lstm_model)
+    x, _ = joined(seed=10)
+    i16 = (np.clip(x, -1, 1) * 32767).astype(np.int16)
+    as_float = i16.astype(np.float32) / 32768
+
+    def texts(samples, chunk: int = 1600) -> list[str]:
+        finals, last, _ = _run(asr.stream(model), samples, chunk)
+        return [f.text for f in finals] + [last.text]
+
+    want = texts(as_float)
+    assert want[0]
+    assert texts(i16) == want
+    assert texts(i16.astype(np.int32) << 16) == want
+    assert texts(as_float.astype(np.float64)) == want
+    assert texts(torch.from_numpy(i16.copy()), 1600) == want
+    u8 = ((i16.astype(np.int32) >> 8) + 128).astype(np.uint8)
+    assert texts(u8) == texts((u8.astype(np.float32) - 128) / 128)
+    for bad, reason in [(x > 0, "bool"), (x.astype(np.complex64), "complex"), (torch.from_numpy(x > 0), "bool")]:
+        with pytest.raises(AudioError, match=reason) as e:
+            asr.stream(model).accept(bad, SR)
+        assert str(e.value).startswith("<stream>: ") and "\n" not in str(e.value)
+
+
 # --------------------------------------------------------------------------- stdin PCM
 
 
