@@ -166,6 +166,7 @@ class Stream:
             self._speech = SpeechWindows(self.vad.window_seconds)
         self._own_check = rate_check is None
         self.rate_check = rate_check if rate_check is not None else SampleRateCheck(training_rate(model))
+        self._piece = self.sample_rate  # model-rate samples given to the model at a time
         self.input_rate: int | None = None
         self._resampler: Any = None
         self._pending: list[torch.Tensor] = []  # frames from `_done` on, not yet decided
@@ -195,8 +196,12 @@ class Stream:
         if self._finished:
             raise RuntimeError("Stream: accept() after finish()")
         x = self._resample(self._samples_of(samples), sample_rate)
-        self._feed(x, self.emissions.accept(x) if len(x) else None)
-        self._process(final=False)
+        # A long buffer goes to the model a second at a time, each second decided before the
+        # next: at an endpoint the model restarts on the audio held past it, which stays short.
+        for i in range(0, len(x), self._piece):
+            part = x[i : i + self._piece]
+            self._feed(part, self.emissions.accept(part))
+            self._process(final=False)
         return self.partial()
 
     def partial(self) -> StreamResult:
@@ -274,34 +279,37 @@ class Stream:
 
     def _process(self, final: bool) -> None:
         """Decide the pending frames the detector has covered (all of them at the end)."""
-        if not self._pending:
+        while self._pending:
+            frames = torch.cat(self._pending) if len(self._pending) > 1 else self._pending[0]
+            speech, ready = np.zeros(len(frames), bool), len(frames)
+            if self._speech is not None:
+                speech, covered = self._speech.frames(self._done, len(frames), self.frame_seconds)
+                ready = len(frames) if final else covered
+            if ready == 0:
+                return
+            blank = (frames[:ready].argmax(-1) == self.tokenizer.blank).numpy()
+            silent = blank & ~speech[:ready]
+            first, restarted = 0, False
+            for i in range(ready):
+                if self.endpointer.push(bool(silent[i])):
+                    self._step(frames[first : i + 1])
+                    end = self._done + i + 1
+                    self._end_utterance(end * self.frame_seconds, queue=True)
+                    self._begin_utterance(end)
+                    if self.reset_state and hasattr(self.emissions, "reset"):
+                        self._done = end
+                        self._restart_emissions(end)  # new pending frames: decide them afresh
+                        restarted = True
+                        break
+                    first = i + 1
+            if restarted:
+                continue
+            self._step(frames[first:ready])
+            self._done += ready
+            self._pending = [frames[ready:]] if ready < len(frames) else []
+            if self._speech is not None:  # windows before the first undecided frame are no longer needed
+                self._speech.drop_before(self._done * self.frame_seconds)
             return
-        frames = torch.cat(self._pending) if len(self._pending) > 1 else self._pending[0]
-        speech, ready = np.zeros(len(frames), bool), len(frames)
-        if self._speech is not None:
-            speech, covered = self._speech.frames(self._done, len(frames), self.frame_seconds)
-            ready = len(frames) if final else covered
-        if ready == 0:
-            return
-        blank = (frames[:ready].argmax(-1) == self.tokenizer.blank).numpy()
-        silent = blank & ~speech[:ready]
-        first = 0
-        for i in range(ready):
-            if self.endpointer.push(bool(silent[i])):
-                self._step(frames[first : i + 1])
-                end = self._done + i + 1
-                self._end_utterance(end * self.frame_seconds, queue=True)
-                self._begin_utterance(end)
-                if self.reset_state and hasattr(self.emissions, "reset"):
-                    self._done = end
-                    self._restart_emissions(end)
-                    return self._process(final)
-                first = i + 1
-        self._step(frames[first:ready])
-        self._done += ready
-        self._pending = [frames[ready:]] if ready < len(frames) else []
-        if self._speech is not None:  # windows before the first undecided frame are no longer needed
-            self._speech.drop_before(self._done * self.frame_seconds)
 
     def _restart_emissions(self, frame: int) -> None:
         """The acoustic model afresh from output frame `frame`, the start of a new utterance: the

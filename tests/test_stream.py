@@ -152,6 +152,22 @@ def test_rule_1_closes_silence_and_rule_3_cuts_long_speech() -> None:
     assert finals[0].text.startswith("AB AB") and last.text
 
 
+@pytest.mark.parametrize("reset_state", [True, False])
+def test_one_accept_of_many_endpoints_gives_the_finals_of_small_pieces(reset_state: bool) -> None:
+    # 1500 utterances "AB" / "CAB" with 3 blank frames (rule 2 at 0.09 s) after each, in one call
+    path = (_tokens("AB") + [0] * 3 + _tokens("CAB") + [0] * 3) * 750
+    rules = EndpointConfig(rule2_min_trailing_silence=0.09)
+    x = np.zeros(int(len(path) * 0.03 * SR), np.float32)
+    whole = Stream(_fake_model(), endpoint=rules, vad=False, reset_state=reset_state, emissions=Scripted(path))
+    finals, last, _ = _run(whole, x, len(x))
+    assert len(finals) == 1500 and [f.text for f in finals[:2]] == ["AB", "CAB"]
+    pieces = Stream(_fake_model(), endpoint=rules, vad=False, reset_state=reset_state, emissions=Scripted(path))
+    small, small_last, _ = _run(pieces, x, 1111)
+    assert [(f.text, f.start, f.end) for f in finals] == [(f.text, f.start, f.end) for f in small] and last == small_last
+    if reset_state:  # each restart re-feeds only the audio past its endpoint that the stream holds
+        assert whole.emissions.resets == pieces.emissions.resets and len(whole.emissions.resets) == 1500
+
+
 def test_partials_grow_and_the_stream_refuses_bad_input() -> None:
     path = _tokens("AB CAB") + [0] * 10
     stream = Stream(_fake_model(), vad=False, emissions=Scripted(path))
