@@ -413,7 +413,10 @@ def pcm_source(data: BinaryIO, sample_rate: int | None = None, chunk_seconds: fl
     """Raw 16-bit little-endian PCM from a binary stream (stdin), `channels` interleaved, at
     `sample_rate` (default 16000), in chunks of `chunk_seconds`. A WAV header at the start (what
     `arecord` writes unless told `-t raw`) is read and skipped: the audio must then be 16-bit
-    PCM, and its rate and channels are the header's (a `sample_rate` that disagrees is an error).
+    PCM, and its rate and channels are the header's (a `sample_rate` that disagrees is an error);
+    the audio ends with the data chunk (chunks after it, LIST or cover art, are not played),
+    unless its size is the one a recorder writing to a pipe leaves (0xFFFFFFFF; 0 with an unknown
+    RIFF size; arecord's and sox's placeholders near 2 GiB): then at the end of the stream.
 
     Errors (AudioError naming `name`, one line): another container (FLAC, Ogg, ...) or text
     instead of samples, a WAV header that is not 16-bit PCM, no bytes at all, and bytes that end
@@ -425,10 +428,12 @@ def pcm_source(data: BinaryIO, sample_rate: int | None = None, chunk_seconds: fl
     head = _read_exactly(data, 12)
     rate = sample_rate
     if head[:4] == b"RIFF" and head[8:12] == b"WAVE":
-        header_rate, channels, rest = _wav_stream_header(data, name)
+        header_rate, channels, size = _wav_stream_header(data, name, int.from_bytes(head[4:8], "little"))
         if sample_rate is not None and sample_rate != header_rate:
             raise AudioError(name, f"the WAV header says {header_rate} Hz, the sample rate given is {sample_rate} Hz")
-        rate, head = header_rate, rest
+        rate, head = header_rate, b""
+        if size is not None:  # the audio ends with the data chunk: chunks after it are not samples
+            data = _Limited(data, size)
     else:
         for magic, what in _AUDIO_MAGIC:
             if head.startswith(magic):
@@ -511,9 +516,16 @@ def _peek(data: BinaryIO) -> bytes:
         return b""
 
 
-def _wav_stream_header(data: BinaryIO, name: str) -> tuple[int, int, bytes]:
-    """After "RIFF....WAVE": the chunks up to `data` -> (rate, channels, b""); the sizes of
-    RIFF and data are not trusted (a recorder writing to a pipe cannot know them)."""
+# What recorders writing to a pipe put in a data chunk's size, not knowing it: 0xFFFFFFFF (ffmpeg),
+# 0 with a RIFF size of 0 or 0xFFFFFFFF, or a placeholder near 2 GiB (arecord 0x7FFFFFFF, sox 0x7FFFF000).
+_UNKNOWN_DATA_SIZE = 0x7FFFF000
+
+
+def _wav_stream_header(data: BinaryIO, name: str, riff_size: int = 0) -> tuple[int, int, int | None]:
+    """After "RIFF....WAVE": the chunks up to `data`, read and skipped (odd sizes padded, any
+    size) -> (rate, channels, the data chunk's size in bytes, or None when the header does not
+    know it: the audio then goes on to the end of the stream). `riff_size` is the RIFF header's
+    size field."""
     rate = channels = bits = None
     for _ in range(64):
         head = _read_exactly(data, 8)
@@ -523,11 +535,13 @@ def _wav_stream_header(data: BinaryIO, name: str) -> tuple[int, int, bytes]:
         if cid == b"data":
             if rate is None:
                 raise AudioError(name, "WAV header without a fmt chunk")
-            return rate, channels, b""
-        body = _read_exactly(data, size + (size & 1)) if size < 1 << 20 else b""
-        if len(body) < size:
-            raise AudioError(name, "WAV header cut short or corrupt")
+            unknown = size >= _UNKNOWN_DATA_SIZE or (size == 0 and riff_size in (0, 0xFFFFFFFF))
+            return rate, channels, None if unknown else size
+        padded = size + (size & 1)
         if cid == b"fmt ":
+            body = _read_exactly(data, padded) if size < 1 << 16 else b""
+            if len(body) < size:
+                raise AudioError(name, "WAV header cut short or corrupt")
             if size < 16:
                 raise AudioError(name, "corrupt WAV fmt chunk")
             tag = int.from_bytes(body[0:2], "little")
@@ -540,7 +554,33 @@ def _wav_stream_header(data: BinaryIO, name: str) -> tuple[int, int, bytes]:
                 raise AudioError(name, f"the WAV stream is not 16-bit PCM (format tag 0x{tag:04X}, {bits} bits, {channels} channels)")
             if not MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE:
                 raise AudioError(name, f"implausible sample rate {rate} Hz in the WAV header")
+        elif _skip(data, padded) < size:
+            raise AudioError(name, "WAV header cut short or corrupt")
     raise AudioError(name, "WAV header without a data chunk")
+
+
+def _skip(data: BinaryIO, n: int) -> int:
+    """Read and drop up to `n` bytes of a stream that may not seek; the bytes dropped."""
+    done = 0
+    while done < n:
+        more = data.read(min(n - done, 1 << 16))
+        if not more:
+            break
+        done += len(more)
+    return done
+
+
+class _Limited:
+    """A binary stream read up to `n` bytes, then at its end."""
+
+    def __init__(self, data: BinaryIO, n: int):
+        self.data, self.left = data, n
+
+    def read(self, n: int = -1) -> bytes:
+        n = self.left if n < 0 else min(n, self.left)
+        out = self.data.read(n) if n else b""
+        self.left -= len(out)
+        return out
 
 
 def _now() -> float:

@@ -512,6 +512,69 @@ def test_pcm_source_raw_wav_header_and_bad_bytes() -> None:
         pcm_source(io.BytesIO(_wav_stream_bytes(x, 8000).replace(struct.pack("<HH", 2, 16), struct.pack("<HH", 4, 32), 1)), None)
 
 
+def _chunk(cid: bytes, body: bytes) -> bytes:
+    return cid + struct.pack("<I", len(body)) + body + b"\x00" * (len(body) & 1)
+
+
+def _wav_with_chunks(x: np.ndarray, rate: int, before: list[bytes], after: list[bytes], data_size: int | None = None, riff_size: int | None = None) -> bytes:
+    pcm = (np.clip(x, -1, 1) * 32767).astype("<i2").tobytes()
+    fmt = _chunk(b"fmt ", struct.pack("<HHIIHH", 1, 1, rate, rate * 2, 2, 16))
+    data = b"data" + struct.pack("<I", len(pcm) if data_size is None else data_size) + pcm
+    body = b"WAVE" + fmt + b"".join(before) + data + b"".join(after)
+    return b"RIFF" + struct.pack("<I", len(body) if riff_size is None else riff_size) + body
+
+
+_LIST = _chunk(b"LIST", b"INFOINAM" + struct.pack("<I", 9) + b"a title\x00\x00")
+_ART = _chunk(b"id3 ", bytes(range(256)) * 40 + b"\xff")  # odd-sized: padded
+
+
+@pytest.mark.parametrize(
+    ("before", "after", "data_size", "riff_size", "whole"),
+    [
+        ([], [_LIST], None, None, True),  # a LIST after the audio (what sox and ffmpeg add)
+        ([], [_ART, _LIST], None, None, True),  # cover art, odd-sized, then LIST
+        ([_chunk(b"junk", b"abc"), _chunk(b"bext", bytes(3 << 20))], [_ART], None, None, True),  # odd and large chunks before
+        ([_LIST], [], 0xFFFFFFFF, 0xFFFFFFFF, False),  # a stream's header: until the end
+        ([], [], 0, 0, False),  # sizes left at 0 by a recorder writing to a pipe
+        ([], [], 0x7FFFF000, 0x7FFFF024, False),  # sox's placeholder
+    ],
+)
+def test_a_wav_on_stdin_ends_with_its_data_chunk(before: list[bytes], after: list[bytes], data_size: int | None, riff_size: int | None, whole: bool) -> None:
+    x = (0.3 * np.sin(np.arange(4001) / 3)).astype(np.float32)
+    wav = _wav_with_chunks(x, 8000, before, after, data_size, riff_size)
+    for chunk_seconds in (0.1, 0.0003, 10):
+        src = pcm_source(io.BytesIO(wav), None, chunk_seconds)
+        got = np.concatenate(list(src.chunks))
+        assert src.sample_rate == 8000
+        if whole:
+            assert len(got) == len(x) and np.abs(got - x).max() < 1e-4
+        else:  # the bytes after the samples are read as samples: nothing says where they end
+            assert len(got) == (len(wav) - wav.index(b"data") - 8) // 2 and np.abs(got[: len(x)] - x).max() < 1e-4
+
+
+def test_a_wav_on_stdin_with_a_cut_or_empty_data_chunk() -> None:
+    from asr.audio import AudioError
+
+    x = (0.3 * np.sin(np.arange(4000) / 3)).astype(np.float32)
+    cut = _wav_with_chunks(x, 8000, [], [_LIST])[:-len(_LIST) - 1000]  # ended by the recorder: what came is kept
+    assert len(np.concatenate(list(pcm_source(io.BytesIO(cut), None).chunks))) == 4000 - 500
+    with pytest.raises(AudioError, match="no audio"):
+        list(pcm_source(io.BytesIO(_wav_with_chunks(x[:0], 8000, [], [_LIST])), None).chunks)
+    with pytest.raises(AudioError, match="cut short"):
+        pcm_source(io.BytesIO(_wav_with_chunks(x, 8000, [_chunk(b"junk", bytes(100))], [])[:60]), None)
+
+
+def test_cli_stops_at_the_data_chunk(lstm_model: Path) -> None:
+    x, _ = joined(seed=7)
+    want = [" ".join(w) for w in SEGMENTS]
+    noise = _chunk(b"LIST", np.random.default_rng(0).integers(-20000, 20000, 3 * SR, dtype=np.int16).tobytes())  # 3 s of "audio"
+    r = cli(lstm_model, "-", input=_wav_with_chunks(x, SR, [], [noise]))
+    assert r.exit_code == 0, (r.output, r.exception)
+    events = _events(r.stdout)
+    assert [e["text"] for e in events if e["type"] == "final"] == want
+    assert max(e["end"] for e in events) <= len(x) / SR + 0.05
+
+
 # --------------------------------------------------------------------------- the command line
 
 
