@@ -68,7 +68,7 @@ from asr.audio import (
     mix_down,
     training_rate,
 )
-from asr.endpoint import EndpointConfig, Endpointer
+from asr.endpoint import RULE3_CUT_WINDOW, EndpointConfig, Endpointer, forced_cut
 from asr.options import DecodeOptions, resolve_options
 
 __all__ = ["Stream", "StreamResult", "EndpointConfig", "stream", "AudioSource", "file_source", "pcm_source", "mic_source", "run", "json_line", "TerminalView"]
@@ -291,14 +291,22 @@ class Stream:
             silent = blank & ~speech[:ready]
             first, restarted = 0, False
             for i in range(ready):
-                if self.endpointer.push(bool(silent[i])):
+                rule = self.endpointer.push(bool(silent[i]))
+                if rule:
                     self._step(frames[first : i + 1])
                     end = self._done + i + 1
-                    self._end_utterance(end * self.frame_seconds, queue=True)
-                    self._begin_utterance(end)
+                    cut = self._forced_cut(end) if rule == 3 else end
+                    tail = self._cut_back(cut) if cut < end else None  # frames cut .. end, to decide again
+                    self._end_utterance(cut * self.frame_seconds, queue=True)
+                    self._begin_utterance(cut)
+                    self.endpointer.restart(cut)
                     if self.reset_state and hasattr(self.emissions, "reset"):
-                        self._done = end
-                        self._restart_emissions(end)  # new pending frames: decide them afresh
+                        self._done = cut
+                        self._restart_emissions(cut)  # new pending frames: decide them afresh
+                        restarted = True
+                        break
+                    if tail is not None:
+                        self._done, self._pending = cut, [tail, frames[i + 1 :]]
                         restarted = True
                         break
                     first = i + 1
@@ -307,9 +315,28 @@ class Stream:
             self._step(frames[first:ready])
             self._done += ready
             self._pending = [frames[ready:]] if ready < len(frames) else []
-            if self._speech is not None:  # windows before the first undecided frame are no longer needed
-                self._speech.drop_before(self._done * self.frame_seconds)
+            if self._speech is not None:  # windows before a rule-3 cut's earliest frame are no longer needed
+                self._speech.drop_before(self._done * self.frame_seconds - RULE3_CUT_WINDOW)
             return
+
+    def _forced_cut(self, end: int) -> int:
+        """Where the utterance that reached rule 3's length at frame `end` ends (`asr.endpoint.forced_cut`)."""
+        frames = torch.cat(self._utt_frames) if self._utt_frames else torch.zeros(0, len(self.tokenizer))
+        ids = self.search.partial().token_ids
+        start = self._utt_start * self.frame_seconds
+        words = word_alignments(frames, ids, self.tokenizer, self.frame_seconds, start) if ids and len(frames) else []
+        spans = [(int(round(w.start / self.frame_seconds)), int(round(w.end / self.frame_seconds))) for w in words]
+        return forced_cut(self.endpoint, self.frame_seconds, self._utt_start, end, self.endpointer.ended_silence, spans)
+
+    def _cut_back(self, cut: int) -> torch.Tensor:
+        """End the current utterance at frame `cut` instead of where it has been searched to: its
+        search is run again over its frames before `cut`; returns the frames from `cut` on."""
+        frames = torch.cat(self._utt_frames)
+        keep = cut - self._utt_start
+        self.search = self.decoder.begin()
+        self._utt_frames = []
+        self._step(frames[:keep])
+        return frames[keep:]
 
     def _restart_emissions(self, frame: int) -> None:
         """The acoustic model afresh from output frame `frame`, the start of a new utterance: the

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import struct
 import threading
 from pathlib import Path
@@ -19,7 +20,7 @@ from asr.config import Config
 from asr.endpoint import EndpointConfig, Endpointer, endpoint_rule
 from asr.stream import Stream, StreamResult, pcm_source
 from asr.text import Tokenizer
-from tests.conftest import tone_utterance
+from tests.conftest import WORDS, tone_utterance
 
 SR = 16000
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -141,15 +142,36 @@ def test_utterances_end_where_the_rules_say_whatever_the_chunks(chunk: int) -> N
     assert all(0.9 < w.confidence <= 1.0 for f in finals for w in f.words)
 
 
-def test_rule_1_closes_silence_and_rule_3_cuts_long_speech() -> None:
-    path = [0] * 100 + _tokens("AB " * 300)
+@pytest.mark.parametrize("chunk", [3200, 160, 10**6])
+def test_rule_1_closes_silence_and_rule_3_cuts_long_speech_between_words(chunk: int) -> None:
+    path = [0] * 100 + _tokens("AB " * 300)  # "AB |" is 8 frames: 0.24 s
     stream = Stream(_fake_model(), vad=False, emissions=Scripted(path))
-    finals, last, _ = _run(stream, np.zeros(int(len(path) * 0.03 * SR), np.float32), 3200)
-    # 80 blanks: rule 1, nothing to say; then rule 3 every 667 frames (20 s) of talk
+    finals, last, _ = _run(stream, np.zeros(int(len(path) * 0.03 * SR), np.float32), chunk)
+    # 80 blanks: rule 1, nothing to say; then rule 3 near every 667 frames (20 s) of talk
     assert finals[0].start == pytest.approx(80 * 0.03)
-    assert finals[0].end == pytest.approx((80 + 667) * 0.03)
-    assert finals[1].end - finals[1].start == pytest.approx(667 * 0.03)
-    assert finals[0].text.startswith("AB AB") and last.text
+    assert (80 + 667 - 9) * 0.03 <= finals[0].end <= (80 + 667) * 0.03
+    assert all(18.0 <= f.end - f.start <= 20.0 for f in finals)
+    # never inside a word: each final holds whole words, the cut in the "|" before the next one
+    assert all(set(f.text.split()) == {"AB"} for f in [*finals, last])
+    assert sum(len(f.text.split()) for f in [*finals, last]) == 300
+    for f in finals:
+        assert round(f.end / 0.03 - 100) % 8 in (5, 6, 7, 0)  # after a word's last letter, before the next "A"
+
+
+@pytest.mark.parametrize("reset_state", [True, False])
+@pytest.mark.parametrize("pause", [0, 5])
+def test_rule_3_carries_the_word_at_its_mark_into_the_next_utterance(reset_state: bool, pause: int) -> None:
+    # words of 3-4 letters with `pause` blank frames between; rule 3 at 2 s (67 frames) falls in
+    # a word at some offset of the script: shift it a frame at a time
+    rules = EndpointConfig(rule3_min_utterance_length=2.0)
+    for shift in range(0, 16, 3):
+        text = " ".join(["CAB", "BAC", "ABCA"] * 8)
+        path = [0] * shift + [t for w in text.split() for t in _tokens(w + " ") + [0] * pause]
+        stream = Stream(_fake_model(), endpoint=rules, vad=False, reset_state=reset_state, emissions=Scripted(path))
+        finals, last, _ = _run(stream, np.zeros(int(len(path) * 0.03 * SR), np.float32), 1600)
+        got = [f.text for f in [*finals, last] if f.text]
+        assert len(finals) >= 3 and " ".join(got) == text, (shift, got)
+        assert all(f.end - f.start <= 2.0 + 1e-9 for f in finals)
 
 
 @pytest.mark.parametrize("reset_state", [True, False])
@@ -340,6 +362,24 @@ def test_one_final_per_segment_equal_to_offline_greedy(lstm_model: Path, chunk: 
         assert seg_start + 0.15 <= f.words[0].start and f.words[-1].end <= seg_start + len(seg) / SR - 0.15
         assert all(a.end <= b.start for a, b in zip(f.words, f.words[1:], strict=False))
     assert any(p.text for p in partials)
+
+
+@pytest.mark.parametrize("lead", [0.0, 0.07, 0.15, 0.23])
+def test_rule_3_does_not_cut_a_word_of_the_tone_model(lstm_model: Path, lead: float) -> None:
+    import asr
+
+    model = asr.load_model(lstm_model)
+    words = ["BC", "DAD", "BAD", "CAD", "BC", "BAD", "DAD", "CAD"]
+    rng = np.random.default_rng(11)
+    x = np.concatenate([(0.01 * rng.standard_normal(int(lead * SR))).astype(np.float32), tone_utterance(words, rng)])
+    # 1.5 s at most: the marks fall in words or pauses depending on `lead`
+    stream = asr.stream(model, endpoint=EndpointConfig(rule3_min_utterance_length=1.5))
+    finals, last, _ = _run(stream, x, 1600)
+    got = [f.text for f in [*finals, last] if f.text]
+    # every letter once, and every word whole (the small model may miss a space between two)
+    assert len(finals) >= 2 and "".join(got).replace(" ", "") == "".join(words), got
+    assert all(re.fullmatch(f"({'|'.join(WORDS)})+", w) for w in " ".join(got).split()), got
+    assert all(f.end - f.start <= 1.5 + 1e-9 for f in finals)
 
 
 def test_beam_search_with_lexicon_and_lm_online(lstm_model: Path, tmp_path: Path) -> None:
