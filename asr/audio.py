@@ -229,6 +229,54 @@ def is_sample_rate(rate: object) -> bool:
     return isinstance(rate, (int, np.integer)) and not isinstance(rate, bool) and MIN_SAMPLE_RATE <= int(rate) <= MAX_SAMPLE_RATE
 
 
+# Integer PCM as soundfile reads it into floats: (x - offset) / scale.
+_PCM_SCALES = {
+    np.dtype(np.int8): (0, 128.0),
+    np.dtype(np.uint8): (128, 128.0),  # 8-bit WAV: offset binary
+    np.dtype(np.int16): (0, 32768.0),
+    np.dtype(np.uint16): (32768, 32768.0),
+    np.dtype(np.int32): (0, 2147483648.0),
+    np.dtype(np.uint32): (2147483648, 2147483648.0),
+}
+
+
+def as_float_samples(samples: Any, name: str = "<array>") -> np.ndarray:
+    """Samples given by a caller (a numpy array or a torch tensor, any shape) as float32 with
+    full scale 1.0, the same way for every API that takes arrays (`asr.transcribe`,
+    `asr.stream`, the segmenter, the online model):
+
+    - float16/32/64: the values as they are (float32);
+    - integer PCM, scaled as soundfile reads such files: int16 / 32768, int32 / 2**31, int8 / 128,
+      uint8 (8-bit WAV, offset binary) (x - 128) / 128, uint16 and uint32 likewise offset by
+      half their range.
+
+    Raises AudioError (a ValueError; one line naming `name` and the problem) for bool and
+    complex samples, int64/uint64 (no sample width says where full scale is: give float or
+    int16/int32), and anything that is not numbers."""
+    if _is_tensor(samples):
+        samples = samples.detach().cpu().numpy()
+    x = np.asarray(samples)
+    kind = x.dtype.kind
+    if kind == "f":
+        return x.astype(np.float32, copy=False)
+    if x.dtype in _PCM_SCALES:
+        offset, scale = _PCM_SCALES[x.dtype]
+        return ((x.astype(np.float64) - offset) / scale).astype(np.float32) if offset else (x / np.float32(scale)).astype(np.float32)
+    if kind == "b":
+        raise AudioError(name, "samples are bool: give float samples in [-1, 1] or integer PCM (int16, int32)")
+    if kind == "c":
+        raise AudioError(name, f"samples are complex ({x.dtype}): give real float samples in [-1, 1] or integer PCM (int16, int32)")
+    if kind in "iu":
+        raise AudioError(name, f"samples are {x.dtype}, whose full scale is unknown: give float samples in [-1, 1] or int16/int32 PCM")
+    raise AudioError(name, f"samples must be numbers (float, or integer PCM such as int16), got {x.dtype}")
+
+
+def _is_tensor(x: Any) -> bool:
+    """A torch tensor, found without importing torch when it was never imported."""
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(x, torch.Tensor)
+
+
 def mix_down(x: np.ndarray) -> np.ndarray:
     """Samples given as an array by a caller, mixed to mono: a 2-D array, (samples, channels) or
     (channels, samples), is averaged over its shorter axis, taken for the channels; other
@@ -237,19 +285,28 @@ def mix_down(x: np.ndarray) -> np.ndarray:
 
 
 def resample(samples: np.ndarray, orig_sr: int, new_sr: int) -> np.ndarray:
-    """Band-limited resampling (torchaudio's sinc interpolation).
+    """Band-limited resampling (torchaudio's sinc interpolation, `torchaudio.functional.resample`
+    with its defaults: a Hann-windowed sinc, 6 zero crossings, roll-off 0.99).
 
     torchaudio builds a kernel of about (new/g) x (orig/g) taps, g = gcd(orig, new): fine for
     44100 -> 16000 (160 x 441), gigabytes for an odd rate such as 44101 Hz. Such ratios are
     replaced by the nearest ratio of small integers, which changes the length (and pitch)
     by far less than can be heard: 44101 Hz by about a millionth, 8001 Hz (read as 8000 Hz)
-    by 0.0125%.
+    by 0.0125%. `StreamResampler` gives the same samples for audio that arrives in pieces.
     """
     import torch
     import torchaudio.functional as AF
 
     if orig_sr == new_sr:
         return samples
+    orig, new = _resample_ratio(orig_sr, new_sr)
+    x = torch.from_numpy(np.ascontiguousarray(samples, dtype=np.float32))
+    return AF.resample(x, orig, new).numpy()
+
+
+def _resample_ratio(orig_sr: int, new_sr: int) -> tuple[int, int]:
+    """(orig, new): the ratio new_sr / orig_sr in lowest terms, or the nearest one of small
+    integers whose kernel stays small (see `resample`)."""
     exact = Fraction(int(new_sr), int(orig_sr))
     ratio = exact
     for limit in (1000, 300, 100, 30, 10):
@@ -258,8 +315,86 @@ def resample(samples: np.ndarray, orig_sr: int, new_sr: int) -> np.ndarray:
         ratio = exact.limit_denominator(limit)
     if ratio == 0:
         raise ValueError(f"cannot resample {orig_sr} Hz to {new_sr} Hz")
-    x = torch.from_numpy(np.ascontiguousarray(samples, dtype=np.float32))
-    return AF.resample(x, ratio.denominator, ratio.numerator).numpy()
+    return ratio.denominator, ratio.numerator
+
+
+class StreamResampler:
+    """`resample` of audio that arrives in pieces: what `accept` returns for each piece and
+    `finish` at the end, concatenated, are the samples `resample` gives for the whole signal
+    (equal within float rounding), however the signal was cut.
+
+    torchaudio's resampler is a polyphase FIR filter: output block n (the `new` samples of
+    output n * new ...) is the dot product of the kernel with input samples
+    [n * orig - width, n * orig + orig + width) (orig/new: the reduced ratio; zeros before the
+    start and after the end). A block is computed once its last input sample has arrived,
+    `width + orig` input samples later; the input held between calls is that history (one
+    kernel's span), so the cost of a piece is linear in its length.
+
+    orig_sr, new_sr: Hz. accept(x): float32 samples (n,) at orig_sr, any n (0 included) ->
+    float32 samples at new_sr, those final now. finish() -> the rest (the end of the signal,
+    zero-padded as `resample` pads it); the resampler then takes no more. A resampler with
+    orig_sr == new_sr returns its input.
+    """
+
+    def __init__(self, orig_sr: int, new_sr: int):
+        import torchaudio.transforms as T
+
+        self.orig_sr, self.new_sr = int(orig_sr), int(new_sr)
+        self.orig, self.new = _resample_ratio(self.orig_sr, self.new_sr) if self.orig_sr != self.new_sr else (1, 1)
+        self.width = 0
+        self._kernel = None
+        if self.orig != self.new:
+            import torch
+
+            t = T.Resample(self.orig, self.new, dtype=torch.float32)  # the kernel `resample` builds
+            self._kernel, self.width = t.kernel, int(t.width)
+        self._span = 2 * self.width + self.orig  # input samples under one block's kernel
+        self._held = np.zeros(self.width, np.float32)  # padded input from padded index `_base` on
+        self._base = 0
+        self.samples_in = 0  # input samples accepted
+        self.samples_out = 0  # output samples given
+        self.finished = False
+
+    def accept(self, x: np.ndarray) -> np.ndarray:
+        if self.finished:
+            raise RuntimeError("StreamResampler: accept() after finish()")
+        x = np.asarray(x, dtype=np.float32).reshape(-1)
+        self.samples_in += len(x)
+        if self._kernel is None:
+            self.samples_out += len(x)
+            return x
+        self._held = np.concatenate([self._held, x]) if len(self._held) else x
+        return self._blocks(final=False)
+
+    def finish(self) -> np.ndarray:
+        if self.finished:
+            raise RuntimeError("StreamResampler: finish() called twice")
+        self.finished = True
+        if self._kernel is None:
+            return np.zeros(0, np.float32)
+        self._held = np.concatenate([self._held, np.zeros(self.width + self.orig, np.float32)])
+        return self._blocks(final=True)
+
+    def _blocks(self, final: bool) -> np.ndarray:
+        import torch
+
+        end = self._base + len(self._held)  # padded length so far
+        total = (end - self._span) // self.orig + 1 if end >= self._span else 0  # blocks computable
+        first = self._base // self.orig  # the next block to compute
+        if total <= first:
+            out = np.zeros(0, np.float32)
+        else:
+            stop = (total - 1) * self.orig + self._span - self._base
+            x = torch.from_numpy(np.ascontiguousarray(self._held[:stop]))[None, None]
+            y = torch.nn.functional.conv1d(x, self._kernel, stride=self.orig)  # (1, new, blocks)
+            out = y[0].T.reshape(-1).numpy()
+            keep = total * self.orig - self._base
+            self._held = self._held[keep:].copy()
+            self._base += keep
+        if final:  # `resample`'s length: ceil(new * n / orig)
+            out = out[: max(0, -(-self.new * self.samples_in // self.orig) - self.samples_out)]
+        self.samples_out += len(out)
+        return out
 
 
 # --- narrowband audio into a wideband model ----------------------------------------------

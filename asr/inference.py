@@ -28,7 +28,16 @@ import numpy as np
 import torch
 
 from asr.align import Word, fit_to_audio, word_alignments
-from asr.audio import AudioError, AudioTooLong, bytes_blocks, bytes_info, load_audio_with_notes, mix_down, resample
+from asr.audio import (
+    AudioError,
+    AudioTooLong,
+    as_float_samples,
+    bytes_blocks,
+    bytes_info,
+    load_audio_with_notes,
+    mix_down,
+    resample,
+)
 from asr.beam import Decoder, Hypothesis
 from asr.formats import Transcript
 from asr.options import DecodeOptions, make_decoder, resolve_options
@@ -55,13 +64,14 @@ class Audio:
 def read_audio(audio: str | Path | bytes | np.ndarray | torch.Tensor, sample_rate: int | None, model_rate: int, name: str | None = None) -> Audio:
     """Audio of any accepted kind as mono float32 samples at `model_rate` (Hz).
 
-    audio: a file path; the bytes of an encoded file; or samples, 1-D (or 2-D, (samples,
-        channels) or (channels, samples): the shorter axis is taken for the channels), float in
-        [-1, 1], whose rate `sample_rate` must then be given.
+    audio: a file path; the bytes of an encoded file; or samples (a numpy array or torch tensor),
+        1-D (or 2-D, (samples, channels) or (channels, samples): the shorter axis is taken for
+        the channels), float in [-1, 1] or integer PCM (int16, int32, uint8, ...: scaled by
+        `asr.audio.as_float_samples`), whose rate `sample_rate` must then be given.
     name: what errors call bytes (e.g. an upload's file name; default "<bytes>").
     Raises AudioError (a one-line reason naming the file, or "<bytes>" / "<array>") for anything
-    that cannot be used: unreadable, empty or cut-short input, NaN or Inf samples, a missing
-    sample rate.
+    that cannot be used: unreadable, empty or cut-short input, NaN or Inf samples, bool or complex
+    samples, a missing sample rate.
     """
     if isinstance(audio, (str, Path)):
         loaded = load_audio_with_notes(audio, model_rate)
@@ -76,7 +86,7 @@ def read_audio(audio: str | Path | bytes | np.ndarray | torch.Tensor, sample_rat
         raise AudioError("<array>", "samples given without their sample_rate")
     if not 1000 <= int(sample_rate) <= 768000:
         raise AudioError("<array>", f"implausible sample rate {sample_rate} Hz")
-    x = mix_down(np.asarray(audio, dtype=np.float32))
+    x = mix_down(as_float_samples(audio))
     if x.ndim != 1:
         raise AudioError("<array>", f"samples must be 1-D or (samples, channels), got shape {audio.shape}")
     if x.size == 0:

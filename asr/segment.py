@@ -50,7 +50,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from asr.audio import AudioError, _sf_message, audio_info, resample
+from asr.audio import AudioError, _sf_message, as_float_samples, audio_info, resample
 
 __all__ = ["Segment", "SEGMENTERS", "DEFAULT_SEGMENTER", "iter_segments", "segment_stream"]
 
@@ -232,7 +232,7 @@ class _Segmenter:
         return self.base + len(self.energy)
 
     def _append(self, block: np.ndarray) -> None:
-        block = np.asarray(block, dtype=np.float32)
+        block = as_float_samples(block, "<blocks>")
         if block.ndim == 2:
             block = block.mean(axis=1, dtype=np.float32) if block.shape[1] > 1 else block[:, 0]
         elif block.ndim != 1:

@@ -4,7 +4,7 @@
 
     model = asr.load_model("exp/live/model.pt")        # a model that can stream (lstm, lcblstm, ...)
     stream = asr.stream(model)                         # options=asr.resolve_options(...), endpoint=EndpointConfig(...)
-    for piece in pieces:                               # float32 (or int16) samples, any length
+    for piece in pieces:                               # float32 (or int16, int32...) samples, any length
         partial = stream.accept(piece, 16000)          # the utterance so far (it may still change)
         for final in stream.pop_finals():              # utterances ended by the endpoint rules
             print(final.text, [(w.word, w.start, w.end, w.confidence) for w in final.words])
@@ -12,8 +12,10 @@
 
 What one `accept` does:
 
-1. audio at another rate than the model's is resampled on the way in (python-soxr's streaming
-   resampler, `soxr.ResampleStream`); audio below the model's training rate is counted with
+1. audio at another rate than the model's is resampled on the way in with the filter offline
+   decoding and training use (torchaudio's sinc interpolation, `asr.audio.resample`), applied
+   piece by piece (`asr.audio.StreamResampler`): the model hears the samples `asr.transcribe`
+   gives it, whatever the rate; audio below the model's training rate is counted with
    `asr.audio.SampleRateCheck` and said once;
 2. the samples go to the acoustic model (`asr.streaming.OnlineEmissions`), which returns the
    log-probabilities of the output frames that are final now, and to the voice-activity
@@ -60,11 +62,13 @@ from asr.audio import (
     MIN_SAMPLE_RATE,
     AudioError,
     SampleRateCheck,
+    StreamResampler,
+    as_float_samples,
     is_sample_rate,
     mix_down,
     training_rate,
 )
-from asr.endpoint import EndpointConfig, Endpointer
+from asr.endpoint import RULE3_CUT_WINDOW, EndpointConfig, Endpointer, forced_cut
 from asr.options import DecodeOptions, resolve_options
 
 __all__ = ["Stream", "StreamResult", "EndpointConfig", "stream", "AudioSource", "file_source", "pcm_source", "mic_source", "run", "json_line", "TerminalView"]
@@ -162,6 +166,7 @@ class Stream:
             self._speech = SpeechWindows(self.vad.window_seconds)
         self._own_check = rate_check is None
         self.rate_check = rate_check if rate_check is not None else SampleRateCheck(training_rate(model))
+        self._piece = self.sample_rate  # model-rate samples given to the model at a time
         self.input_rate: int | None = None
         self._resampler: Any = None
         self._pending: list[torch.Tensor] = []  # frames from `_done` on, not yet decided
@@ -182,15 +187,21 @@ class Stream:
 
     def accept(self, samples: np.ndarray | torch.Tensor, sample_rate: int | None = None) -> StreamResult:
         """Take the next samples (1-D, or 2-D (samples, channels) or (channels, samples), the
-        shorter axis taken for the channels and averaged; float in [-1, 1] or int16) at
+        shorter axis taken for the channels and averaged; float in [-1, 1] or integer PCM, scaled
+        by `asr.audio.as_float_samples` as `asr.transcribe` scales it) at
         `sample_rate` Hz (default: the model's; one rate per stream) and return the current
         partial. Utterances that ended meanwhile are queued for `pop_finals`. Raises AudioError
-        for samples that cannot be used (NaN, a bad rate), ValueError for a change of rate."""
+        for samples that cannot be used (NaN, bool or complex, a bad rate), ValueError for a
+        change of rate."""
         if self._finished:
             raise RuntimeError("Stream: accept() after finish()")
         x = self._resample(self._samples_of(samples), sample_rate)
-        self._feed(x, self.emissions.accept(x) if len(x) else None)
-        self._process(final=False)
+        # A long buffer goes to the model a second at a time, each second decided before the
+        # next: at an endpoint the model restarts on the audio held past it, which stays short.
+        for i in range(0, len(x), self._piece):
+            part = x[i : i + self._piece]
+            self._feed(part, self.emissions.accept(part))
+            self._process(final=False)
         return self.partial()
 
     def partial(self) -> StreamResult:
@@ -210,9 +221,7 @@ class Stream:
         if self._finished:
             raise RuntimeError("Stream: finish() called twice")
         self._finished = True
-        rest = np.zeros(0, np.float32)
-        if self._resampler is not None:
-            rest = self._resampler.resample_chunk(np.zeros(0, np.float32), last=True).astype(np.float32)
+        rest = self._resampler.finish() if self._resampler is not None else np.zeros(0, np.float32)
         frames = [self.emissions.accept(rest)] if len(rest) else []
         self._feed(rest, None)
         frames.append(self.emissions.finish())
@@ -228,14 +237,7 @@ class Stream:
     # --- input --------------------------------------------------------------------------
 
     def _samples_of(self, samples: np.ndarray | torch.Tensor) -> np.ndarray:
-        if isinstance(samples, torch.Tensor):
-            samples = samples.detach().cpu().numpy()
-        x = np.asarray(samples)
-        if x.dtype == np.int16:
-            x = x.astype(np.float32) / 32768.0
-        elif not np.issubdtype(x.dtype, np.floating):
-            raise AudioError("<stream>", f"samples must be float or int16, got {x.dtype}")
-        x = mix_down(x)
+        x = mix_down(as_float_samples(samples, "<stream>"))
         if x.ndim != 1:
             raise AudioError("<stream>", f"samples must be 1-D or (samples, channels), got shape {x.shape}")
         x = np.ascontiguousarray(x, dtype=np.float32)
@@ -255,13 +257,11 @@ class Stream:
             if self.rate_check.add(rate) and self._own_check:
                 self.rate_check.warn(sys.stderr)
             if rate != self.sample_rate:
-                import soxr
-
-                self._resampler = soxr.ResampleStream(rate, self.sample_rate, 1, dtype="float32")
+                self._resampler = StreamResampler(rate, self.sample_rate)
         elif rate != self.input_rate:
             raise ValueError(f"this stream's audio is at {self.input_rate} Hz; got samples at {rate} Hz (one rate per stream)")
         if self._resampler is not None:
-            x = self._resampler.resample_chunk(x).astype(np.float32, copy=False)
+            x = self._resampler.accept(x)
         return x
 
     def _feed(self, x: np.ndarray, frames: torch.Tensor | None) -> None:
@@ -279,34 +279,64 @@ class Stream:
 
     def _process(self, final: bool) -> None:
         """Decide the pending frames the detector has covered (all of them at the end)."""
-        if not self._pending:
+        while self._pending:
+            frames = torch.cat(self._pending) if len(self._pending) > 1 else self._pending[0]
+            speech, ready = np.zeros(len(frames), bool), len(frames)
+            if self._speech is not None:
+                speech, covered = self._speech.frames(self._done, len(frames), self.frame_seconds)
+                ready = len(frames) if final else covered
+            if ready == 0:
+                return
+            blank = (frames[:ready].argmax(-1) == self.tokenizer.blank).numpy()
+            silent = blank & ~speech[:ready]
+            first, restarted = 0, False
+            for i in range(ready):
+                rule = self.endpointer.push(bool(silent[i]))
+                if rule:
+                    self._step(frames[first : i + 1])
+                    end = self._done + i + 1
+                    cut = self._forced_cut(end) if rule == 3 else end
+                    tail = self._cut_back(cut) if cut < end else None  # frames cut .. end, to decide again
+                    self._end_utterance(cut * self.frame_seconds, queue=True)
+                    self._begin_utterance(cut)
+                    self.endpointer.restart(cut)
+                    if self.reset_state and hasattr(self.emissions, "reset"):
+                        self._done = cut
+                        self._restart_emissions(cut)  # new pending frames: decide them afresh
+                        restarted = True
+                        break
+                    if tail is not None:
+                        self._done, self._pending = cut, [tail, frames[i + 1 :]]
+                        restarted = True
+                        break
+                    first = i + 1
+            if restarted:
+                continue
+            self._step(frames[first:ready])
+            self._done += ready
+            self._pending = [frames[ready:]] if ready < len(frames) else []
+            if self._speech is not None:  # windows before a rule-3 cut's earliest frame are no longer needed
+                self._speech.drop_before(self._done * self.frame_seconds - RULE3_CUT_WINDOW)
             return
-        frames = torch.cat(self._pending) if len(self._pending) > 1 else self._pending[0]
-        speech, ready = np.zeros(len(frames), bool), len(frames)
-        if self._speech is not None:
-            speech, covered = self._speech.frames(self._done, len(frames), self.frame_seconds)
-            ready = len(frames) if final else covered
-        if ready == 0:
-            return
-        blank = (frames[:ready].argmax(-1) == self.tokenizer.blank).numpy()
-        silent = blank & ~speech[:ready]
-        first = 0
-        for i in range(ready):
-            if self.endpointer.push(bool(silent[i])):
-                self._step(frames[first : i + 1])
-                end = self._done + i + 1
-                self._end_utterance(end * self.frame_seconds, queue=True)
-                self._begin_utterance(end)
-                if self.reset_state and hasattr(self.emissions, "reset"):
-                    self._done = end
-                    self._restart_emissions(end)
-                    return self._process(final)
-                first = i + 1
-        self._step(frames[first:ready])
-        self._done += ready
-        self._pending = [frames[ready:]] if ready < len(frames) else []
-        if self._speech is not None:  # windows before the first undecided frame are no longer needed
-            self._speech.drop_before(self._done * self.frame_seconds)
+
+    def _forced_cut(self, end: int) -> int:
+        """Where the utterance that reached rule 3's length at frame `end` ends (`asr.endpoint.forced_cut`)."""
+        frames = torch.cat(self._utt_frames) if self._utt_frames else torch.zeros(0, len(self.tokenizer))
+        ids = self.search.partial().token_ids
+        start = self._utt_start * self.frame_seconds
+        words = word_alignments(frames, ids, self.tokenizer, self.frame_seconds, start) if ids and len(frames) else []
+        spans = [(int(round(w.start / self.frame_seconds)), int(round(w.end / self.frame_seconds))) for w in words]
+        return forced_cut(self.endpoint, self.frame_seconds, self._utt_start, end, self.endpointer.ended_silence, spans)
+
+    def _cut_back(self, cut: int) -> torch.Tensor:
+        """End the current utterance at frame `cut` instead of where it has been searched to: its
+        search is run again over its frames before `cut`; returns the frames from `cut` on."""
+        frames = torch.cat(self._utt_frames)
+        keep = cut - self._utt_start
+        self.search = self.decoder.begin()
+        self._utt_frames = []
+        self._step(frames[:keep])
+        return frames[keep:]
 
     def _restart_emissions(self, frame: int) -> None:
         """The acoustic model afresh from output frame `frame`, the start of a new utterance: the
@@ -410,7 +440,10 @@ def pcm_source(data: BinaryIO, sample_rate: int | None = None, chunk_seconds: fl
     """Raw 16-bit little-endian PCM from a binary stream (stdin), `channels` interleaved, at
     `sample_rate` (default 16000), in chunks of `chunk_seconds`. A WAV header at the start (what
     `arecord` writes unless told `-t raw`) is read and skipped: the audio must then be 16-bit
-    PCM, and its rate and channels are the header's (a `sample_rate` that disagrees is an error).
+    PCM, and its rate and channels are the header's (a `sample_rate` that disagrees is an error);
+    the audio ends with the data chunk (chunks after it, LIST or cover art, are not played),
+    unless its size is the one a recorder writing to a pipe leaves (0xFFFFFFFF; 0 with an unknown
+    RIFF size; arecord's and sox's placeholders near 2 GiB): then at the end of the stream.
 
     Errors (AudioError naming `name`, one line): another container (FLAC, Ogg, ...) or text
     instead of samples, a WAV header that is not 16-bit PCM, no bytes at all, and bytes that end
@@ -422,10 +455,12 @@ def pcm_source(data: BinaryIO, sample_rate: int | None = None, chunk_seconds: fl
     head = _read_exactly(data, 12)
     rate = sample_rate
     if head[:4] == b"RIFF" and head[8:12] == b"WAVE":
-        header_rate, channels, rest = _wav_stream_header(data, name)
+        header_rate, channels, size = _wav_stream_header(data, name, int.from_bytes(head[4:8], "little"))
         if sample_rate is not None and sample_rate != header_rate:
             raise AudioError(name, f"the WAV header says {header_rate} Hz, the sample rate given is {sample_rate} Hz")
-        rate, head = header_rate, rest
+        rate, head = header_rate, b""
+        if size is not None:  # the audio ends with the data chunk: chunks after it are not samples
+            data = _Limited(data, size)
     else:
         for magic, what in _AUDIO_MAGIC:
             if head.startswith(magic):
@@ -508,9 +543,16 @@ def _peek(data: BinaryIO) -> bytes:
         return b""
 
 
-def _wav_stream_header(data: BinaryIO, name: str) -> tuple[int, int, bytes]:
-    """After "RIFF....WAVE": the chunks up to `data` -> (rate, channels, b""); the sizes of
-    RIFF and data are not trusted (a recorder writing to a pipe cannot know them)."""
+# What recorders writing to a pipe put in a data chunk's size, not knowing it: 0xFFFFFFFF (ffmpeg),
+# 0 with a RIFF size of 0 or 0xFFFFFFFF, or a placeholder near 2 GiB (arecord 0x7FFFFFFF, sox 0x7FFFF000).
+_UNKNOWN_DATA_SIZE = 0x7FFFF000
+
+
+def _wav_stream_header(data: BinaryIO, name: str, riff_size: int = 0) -> tuple[int, int, int | None]:
+    """After "RIFF....WAVE": the chunks up to `data`, read and skipped (odd sizes padded, any
+    size) -> (rate, channels, the data chunk's size in bytes, or None when the header does not
+    know it: the audio then goes on to the end of the stream). `riff_size` is the RIFF header's
+    size field."""
     rate = channels = bits = None
     for _ in range(64):
         head = _read_exactly(data, 8)
@@ -520,11 +562,13 @@ def _wav_stream_header(data: BinaryIO, name: str) -> tuple[int, int, bytes]:
         if cid == b"data":
             if rate is None:
                 raise AudioError(name, "WAV header without a fmt chunk")
-            return rate, channels, b""
-        body = _read_exactly(data, size + (size & 1)) if size < 1 << 20 else b""
-        if len(body) < size:
-            raise AudioError(name, "WAV header cut short or corrupt")
+            unknown = size >= _UNKNOWN_DATA_SIZE or (size == 0 and riff_size in (0, 0xFFFFFFFF))
+            return rate, channels, None if unknown else size
+        padded = size + (size & 1)
         if cid == b"fmt ":
+            body = _read_exactly(data, padded) if size < 1 << 16 else b""
+            if len(body) < size:
+                raise AudioError(name, "WAV header cut short or corrupt")
             if size < 16:
                 raise AudioError(name, "corrupt WAV fmt chunk")
             tag = int.from_bytes(body[0:2], "little")
@@ -537,7 +581,33 @@ def _wav_stream_header(data: BinaryIO, name: str) -> tuple[int, int, bytes]:
                 raise AudioError(name, f"the WAV stream is not 16-bit PCM (format tag 0x{tag:04X}, {bits} bits, {channels} channels)")
             if not MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE:
                 raise AudioError(name, f"implausible sample rate {rate} Hz in the WAV header")
+        elif _skip(data, padded) < size:
+            raise AudioError(name, "WAV header cut short or corrupt")
     raise AudioError(name, "WAV header without a data chunk")
+
+
+def _skip(data: BinaryIO, n: int) -> int:
+    """Read and drop up to `n` bytes of a stream that may not seek; the bytes dropped."""
+    done = 0
+    while done < n:
+        more = data.read(min(n - done, 1 << 16))
+        if not more:
+            break
+        done += len(more)
+    return done
+
+
+class _Limited:
+    """A binary stream read up to `n` bytes, then at its end."""
+
+    def __init__(self, data: BinaryIO, n: int):
+        self.data, self.left = data, n
+
+    def read(self, n: int = -1) -> bytes:
+        n = self.left if n < 0 else min(n, self.left)
+        out = self.data.read(n) if n else b""
+        self.left -= len(out)
+        return out
 
 
 def _now() -> float:

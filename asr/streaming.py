@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from asr.audio import as_float_samples
 from asr.encoders import NotStreamingError, streaming_names
 from asr.features import OnlineFeatures
 
@@ -107,12 +108,13 @@ class OnlineEmissions:
         self.finished = False
 
     def accept(self, samples: np.ndarray | torch.Tensor) -> torch.Tensor:
-        """The next samples (n,) float32 at `sample_rate` (any n, 0 included) -> log-probabilities
+        """The next samples (n,) float32 at `sample_rate` (any n, 0 included; integer PCM is scaled
+        by `asr.audio.as_float_samples`) -> log-probabilities
         (n_new, vocab) float32 on the CPU of the output frames that are final now (maybe none)."""
         if self.finished:
             raise RuntimeError("OnlineEmissions: accept() after finish()")
         with torch.no_grad():
-            return self._run(self.features.accept(samples), final=False)
+            return self._run(self.features.accept(as_float_samples(samples, "<stream>")), final=False)
 
     def finish(self) -> torch.Tensor:
         """The end of the audio -> the log-probabilities of the remaining output frames
@@ -179,7 +181,7 @@ def stream_log_probs(model: Any, samples: np.ndarray | torch.Tensor, chunk_sampl
     if chunk_samples < 1:
         raise ValueError(f"chunk_samples must be at least 1, got {chunk_samples}")
     online = OnlineEmissions(model)
-    samples = np.asarray(samples, dtype=np.float32) if not isinstance(samples, torch.Tensor) else samples.float()
+    samples = as_float_samples(samples)
     pieces = [online.accept(samples[i : i + chunk_samples]) for i in range(0, len(samples), chunk_samples)]
     pieces.append(online.finish())
     return torch.cat(pieces)

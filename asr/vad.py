@@ -37,6 +37,8 @@ from typing import Any
 
 import numpy as np
 
+from asr.audio import as_float_samples
+
 __all__ = ["VoiceActivity", "SpeechWindows", "VAD_RATES", "DEFAULT_THRESHOLD"]
 
 VAD_RATES = (8000, 16000)  # the rates the model takes; other rates are resampled to 16 kHz
@@ -160,8 +162,9 @@ class VoiceActivity:
             self.resampler = soxr.ResampleStream(self.sample_rate, self.rate, 1, dtype="float32")
 
     def accept(self, samples: np.ndarray) -> np.ndarray:
-        """Speech (True) or not for each window these samples complete."""
-        x = np.asarray(samples, dtype=np.float32).reshape(-1)
+        """Speech (True) or not for each window these samples complete (float, or integer PCM
+        scaled by `asr.audio.as_float_samples`)."""
+        x = as_float_samples(samples).reshape(-1)
         if self.resampler is not None:
             x = self.resampler.resample_chunk(x)
         return self._windows(np.concatenate([self.buffer, x]))

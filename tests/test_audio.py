@@ -45,3 +45,63 @@ def test_bad_audio_names_file_and_reason(tmp_path: Path, make, reason: str) -> N
         load_audio(path)
     assert e.value.reason.startswith(reason)
     assert str(path) in str(e.value)
+
+
+RATES = [8000, 11025, 16000, 22050, 32000, 44100, 48000]
+
+
+@pytest.mark.parametrize("rate", RATES)
+@pytest.mark.parametrize("model_rate", [16000, 8000])
+def test_stream_resampler_gives_what_resample_gives_however_the_audio_is_cut(rate: int, model_rate: int) -> None:
+    from asr.audio import StreamResampler, resample
+
+    rng = np.random.default_rng(rate)
+    x = (0.3 * rng.standard_normal(int(0.37 * rate) + 5)).astype(np.float32)
+    want = resample(x, rate, model_rate)
+    for sizes in ([1], [3, 1, 700, 2], [len(x)], [rng.integers(1, 2000) for _ in range(50)]):
+        r, got, i, k = StreamResampler(rate, model_rate), [], 0, 0
+        while i < len(x):
+            got.append(r.accept(x[i : i + sizes[k % len(sizes)]]))
+            i, k = i + sizes[k % len(sizes)], k + 1
+        got.append(r.accept(x[:0]))
+        got.append(r.finish())
+        y = np.concatenate(got)
+        assert y.dtype == np.float32 and len(y) == len(want), sizes
+        assert np.abs(y - want).max() < 1e-5, sizes
+    with pytest.raises(RuntimeError):
+        r.accept(x)
+
+
+def test_stream_resampler_of_odd_rates_and_short_input() -> None:
+    from asr.audio import StreamResampler, resample
+
+    x = np.random.default_rng(1).standard_normal(5).astype(np.float32)
+    for rate in (44101, 8001, 12345):
+        r = StreamResampler(rate, 16000)
+        y = np.concatenate([r.accept(x[:2]), r.accept(x[2:]), r.finish()])
+        assert np.abs(y - resample(x, rate, 16000)).max() < 1e-5
+
+
+def test_as_float_samples_scales_integer_pcm_as_soundfile_reads_it(tmp_path: Path) -> None:
+    import torch
+
+    from asr.audio import as_float_samples
+
+    x = np.linspace(-1, 1 - 2**-15, 1001, dtype=np.float32)
+    for subtype, dtype in [("PCM_16", "int16"), ("PCM_32", "int32")]:
+        sf.write(tmp_path / "a.wav", x, 8000, subtype=subtype)
+        ints, floats = sf.read(tmp_path / "a.wav", dtype=dtype)[0], sf.read(tmp_path / "a.wav", dtype="float32")[0]
+        assert np.array_equal(as_float_samples(ints), floats) and as_float_samples(ints).dtype == np.float32
+        assert np.array_equal(as_float_samples(torch.from_numpy(ints)), floats)
+    u8 = np.array([0, 64, 128, 192, 255], np.uint8)
+    sf.write(tmp_path / "u8.wav", (u8.astype(np.float32) - 128) / 128, 8000, subtype="PCM_U8")
+    assert np.array_equal(as_float_samples(u8), sf.read(tmp_path / "u8.wav", dtype="float32")[0])
+    assert np.array_equal(as_float_samples(np.array([-128, 0, 127], np.int8)), np.array([-1, 0, 127 / 128], np.float32))
+    f64 = np.array([0.5, -0.25])
+    assert as_float_samples(f64).dtype == np.float32 and np.array_equal(as_float_samples(f64), f64)
+    assert as_float_samples(np.zeros((3, 2), np.int16)).shape == (3, 2)
+    for bad, reason in [(np.array([True]), "bool"), (np.array([1j]), "complex"), (torch.zeros(3, dtype=torch.complex64), "complex"),
+                        (np.array([1], np.int64), "int64"), (torch.zeros(3, dtype=torch.int64), "int64"), (np.array(["x"]), "numbers")]:
+        with pytest.raises(AudioError, match=reason) as e:
+            as_float_samples(bad, "<clip>")
+        assert isinstance(e.value, ValueError) and str(e.value).startswith("<clip>: ") and "\n" not in str(e.value)

@@ -236,3 +236,69 @@ def test_transcribe_rejects_bad_audio_with_a_reason(trained: Path, audio: object
     samples = {"array": np.zeros(1600, np.float32), "nan": np.full(1600, np.nan, np.float32), "empty": np.zeros(0, np.float32)}
     with pytest.raises(AudioError, match=reason):
         asr.transcribe(model, samples.get(audio, audio) if isinstance(audio, str) else audio, sample_rate=rate)
+
+
+def _pcm_variants(wav: Path) -> dict[str, object]:
+    """One file's samples as callers hand them over: soundfile's dtypes, 8-bit, float64, tensors."""
+    import numpy as np
+    import soundfile as sf
+
+    i16 = sf.read(wav, dtype="int16")[0]
+    return {
+        "int16": i16,
+        "int32": sf.read(wav, dtype="int32")[0],
+        "uint8": ((i16.astype(np.int32) >> 8) + 128).astype(np.uint8),
+        "float64": sf.read(wav, dtype="float64")[0],
+        "int16 tensor": torch.from_numpy(i16.copy()),
+        "int32 tensor": torch.from_numpy(sf.read(wav, dtype="int32")[0]),
+        "int16 stereo": np.stack([i16, i16], 1),
+    }
+
+
+def test_integer_pcm_arrays_are_scaled_as_files_are_read(trained: Path, tone_corpus: dict[str, Path], tmp_path: Path) -> None:
+    import numpy as np
+    import soundfile as sf
+
+    import asr
+
+    model = asr.load_model(trained / "best.pt")
+    for wav in _wavs(tone_corpus, 2):
+        want = asr.transcribe(model, sf.read(wav, dtype="float32")[0], sample_rate=16000).text
+        assert want == asr.transcribe(model, wav).text
+        variants = _pcm_variants(wav)
+        u8 = variants.pop("uint8")
+        for kind, samples in variants.items():
+            assert asr.transcribe(model, samples, sample_rate=16000).text == want, kind
+        # 8-bit audio as a file and as the array of its bytes' values
+        sf.write(tmp_path / "u8.wav", (u8.astype(np.float32) - 128) / 128, 16000, subtype="PCM_U8")
+        assert asr.transcribe(model, u8, sample_rate=16000).text == asr.transcribe(model, tmp_path / "u8.wav").text
+
+
+@pytest.mark.parametrize(
+    ("samples", "reason"),
+    [
+        ("bool", "bool"),
+        ("complex", "complex"),
+        ("complex tensor", "complex"),
+        ("int64", "int64"),
+        ("strings", "must be numbers"),
+    ],
+)
+def test_bool_complex_and_unscaled_samples_are_refused(trained: Path, samples: str, reason: str) -> None:
+    import numpy as np
+
+    import asr
+    from asr.audio import AudioError
+
+    model = asr.load_model(trained / "best.pt")
+    x = np.sin(np.arange(16000) / 7)
+    given = {
+        "bool": x > 0,
+        "complex": x.astype(np.complex64),
+        "complex tensor": torch.from_numpy(x.astype(np.complex64)),
+        "int64": (x * 32767).astype(np.int64),
+        "strings": np.array(["a"] * 1600),
+    }[samples]
+    with pytest.raises(AudioError, match=reason) as e:
+        asr.transcribe(model, given, sample_rate=16000)
+    assert "\n" not in str(e.value) and str(e.value).startswith("<array>: ")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import struct
 import threading
 from pathlib import Path
@@ -19,7 +20,7 @@ from asr.config import Config
 from asr.endpoint import EndpointConfig, Endpointer, endpoint_rule
 from asr.stream import Stream, StreamResult, pcm_source
 from asr.text import Tokenizer
-from tests.conftest import tone_utterance
+from tests.conftest import WORDS, tone_utterance
 
 SR = 16000
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -141,15 +142,52 @@ def test_utterances_end_where_the_rules_say_whatever_the_chunks(chunk: int) -> N
     assert all(0.9 < w.confidence <= 1.0 for f in finals for w in f.words)
 
 
-def test_rule_1_closes_silence_and_rule_3_cuts_long_speech() -> None:
-    path = [0] * 100 + _tokens("AB " * 300)
+@pytest.mark.parametrize("chunk", [3200, 160, 10**6])
+def test_rule_1_closes_silence_and_rule_3_cuts_long_speech_between_words(chunk: int) -> None:
+    path = [0] * 100 + _tokens("AB " * 300)  # "AB |" is 8 frames: 0.24 s
     stream = Stream(_fake_model(), vad=False, emissions=Scripted(path))
-    finals, last, _ = _run(stream, np.zeros(int(len(path) * 0.03 * SR), np.float32), 3200)
-    # 80 blanks: rule 1, nothing to say; then rule 3 every 667 frames (20 s) of talk
+    finals, last, _ = _run(stream, np.zeros(int(len(path) * 0.03 * SR), np.float32), chunk)
+    # 80 blanks: rule 1, nothing to say; then rule 3 near every 667 frames (20 s) of talk
     assert finals[0].start == pytest.approx(80 * 0.03)
-    assert finals[0].end == pytest.approx((80 + 667) * 0.03)
-    assert finals[1].end - finals[1].start == pytest.approx(667 * 0.03)
-    assert finals[0].text.startswith("AB AB") and last.text
+    assert (80 + 667 - 9) * 0.03 <= finals[0].end <= (80 + 667) * 0.03
+    assert all(18.0 <= f.end - f.start <= 20.0 for f in finals)
+    # never inside a word: each final holds whole words, the cut in the "|" before the next one
+    assert all(set(f.text.split()) == {"AB"} for f in [*finals, last])
+    assert sum(len(f.text.split()) for f in [*finals, last]) == 300
+    for f in finals:
+        assert round(f.end / 0.03 - 100) % 8 in (5, 6, 7, 0)  # after a word's last letter, before the next "A"
+
+
+@pytest.mark.parametrize("reset_state", [True, False])
+@pytest.mark.parametrize("pause", [0, 5])
+def test_rule_3_carries_the_word_at_its_mark_into_the_next_utterance(reset_state: bool, pause: int) -> None:
+    # words of 3-4 letters with `pause` blank frames between; rule 3 at 2 s (67 frames) falls in
+    # a word at some offset of the script: shift it a frame at a time
+    rules = EndpointConfig(rule3_min_utterance_length=2.0)
+    for shift in range(0, 16, 3):
+        text = " ".join(["CAB", "BAC", "ABCA"] * 8)
+        path = [0] * shift + [t for w in text.split() for t in _tokens(w + " ") + [0] * pause]
+        stream = Stream(_fake_model(), endpoint=rules, vad=False, reset_state=reset_state, emissions=Scripted(path))
+        finals, last, _ = _run(stream, np.zeros(int(len(path) * 0.03 * SR), np.float32), 1600)
+        got = [f.text for f in [*finals, last] if f.text]
+        assert len(finals) >= 3 and " ".join(got) == text, (shift, got)
+        assert all(f.end - f.start <= 2.0 + 1e-9 for f in finals)
+
+
+@pytest.mark.parametrize("reset_state", [True, False])
+def test_one_accept_of_many_endpoints_gives_the_finals_of_small_pieces(reset_state: bool) -> None:
+    # 1500 utterances "AB" / "CAB" with 3 blank frames (rule 2 at 0.09 s) after each, in one call
+    path = (_tokens("AB") + [0] * 3 + _tokens("CAB") + [0] * 3) * 750
+    rules = EndpointConfig(rule2_min_trailing_silence=0.09)
+    x = np.zeros(int(len(path) * 0.03 * SR), np.float32)
+    whole = Stream(_fake_model(), endpoint=rules, vad=False, reset_state=reset_state, emissions=Scripted(path))
+    finals, last, _ = _run(whole, x, len(x))
+    assert len(finals) == 1500 and [f.text for f in finals[:2]] == ["AB", "CAB"]
+    pieces = Stream(_fake_model(), endpoint=rules, vad=False, reset_state=reset_state, emissions=Scripted(path))
+    small, small_last, _ = _run(pieces, x, 1111)
+    assert [(f.text, f.start, f.end) for f in finals] == [(f.text, f.start, f.end) for f in small] and last == small_last
+    if reset_state:  # each restart re-feeds only the audio past its endpoint that the stream holds
+        assert whole.emissions.resets == pieces.emissions.resets and len(whole.emissions.resets) == 1500
 
 
 def test_partials_grow_and_the_stream_refuses_bad_input() -> None:
@@ -326,6 +364,24 @@ def test_one_final_per_segment_equal_to_offline_greedy(lstm_model: Path, chunk: 
     assert any(p.text for p in partials)
 
 
+@pytest.mark.parametrize("lead", [0.0, 0.07, 0.15, 0.23])
+def test_rule_3_does_not_cut_a_word_of_the_tone_model(lstm_model: Path, lead: float) -> None:
+    import asr
+
+    model = asr.load_model(lstm_model)
+    words = ["BC", "DAD", "BAD", "CAD", "BC", "BAD", "DAD", "CAD"]
+    rng = np.random.default_rng(11)
+    x = np.concatenate([(0.01 * rng.standard_normal(int(lead * SR))).astype(np.float32), tone_utterance(words, rng)])
+    # 1.5 s at most: the marks fall in words or pauses depending on `lead`
+    stream = asr.stream(model, endpoint=EndpointConfig(rule3_min_utterance_length=1.5))
+    finals, last, _ = _run(stream, x, 1600)
+    got = [f.text for f in [*finals, last] if f.text]
+    # every letter once, and every word whole (the small model may miss a space between two)
+    assert len(finals) >= 2 and "".join(got).replace(" ", "") == "".join(words), got
+    assert all(re.fullmatch(f"({'|'.join(WORDS)})+", w) for w in " ".join(got).split()), got
+    assert all(f.end - f.start <= 1.5 + 1e-9 for f in finals)
+
+
 def test_beam_search_with_lexicon_and_lm_online(lstm_model: Path, tmp_path: Path) -> None:
     import asr
     from asr.lm import build_arpa, write_lexicon
@@ -378,7 +434,86 @@ def test_streams_of_one_model_at_once_and_resampled_input(lstm_model: Path, caps
     f, last, _ = _run(asr.stream(model), z, 800, rate=8000)
     err = capsys.readouterr().err
     assert err.count("warning:") == 1 and "8000 Hz" in err
-    assert f
+    assert f or last.text
+
+
+class _Heard:
+    """OnlineEmissions that keeps the samples it is given (no `reset`: each sample once)."""
+
+    def __init__(self, model):
+        from asr.streaming import OnlineEmissions
+
+        self.online = OnlineEmissions(model)
+        self.frame_seconds = self.online.frame_seconds
+        self.samples: list[np.ndarray] = []
+
+    def accept(self, x: np.ndarray) -> torch.Tensor:
+        self.samples.append(np.array(x))
+        return self.online.accept(x)
+
+    def finish(self) -> torch.Tensor:
+        return self.online.finish()
+
+
+def _tones_at(rate: int, seed: int) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [tone_utterance(words, rng, rate) for words in SEGMENTS]
+
+
+@pytest.mark.parametrize("rate", [8000, 11025, 22050, 32000, 44100, 48000])
+@pytest.mark.parametrize("chunk_seconds", [0.1, 0.0123])
+def test_the_stream_resamples_as_offline_decoding_does(lstm_model: Path, rate: int, chunk_seconds: float) -> None:
+    import asr
+    from asr.inference import read_audio
+
+    model = asr.load_model(lstm_model)
+    x = np.concatenate(_tones_at(rate, 8))
+    heard = _Heard(model)
+    _run(asr.stream(model, emissions=heard, vad=False), x, max(1, int(chunk_seconds * rate)), rate=rate)
+    fed = np.concatenate(heard.samples)
+    offline = read_audio(x, rate, SR).samples  # what asr.transcribe gives the model
+    assert len(fed) == len(offline) and np.abs(fed - offline).max() < 1e-5
+
+
+@pytest.mark.parametrize("rate", [8000, 44100, 48000])
+def test_live_and_offline_give_the_same_words_at_other_rates(lstm_model: Path, rate: int) -> None:
+    import asr
+
+    model = asr.load_model(lstm_model)
+    segments = _tones_at(rate, 9)
+    pause = (0.01 * np.random.default_rng(1).standard_normal(int(1.8 * rate))).astype(np.float32)
+    x = np.concatenate([p for s in segments for p in (s, pause)])
+    # one utterance (no endpoint): the final is the offline decoding of the whole
+    never = EndpointConfig(1000.0, 1000.0, 1000.0)
+    finals, last, _ = _run(asr.stream(model, endpoint=never), x, int(0.1 * rate), rate=rate)
+    assert not finals and last.text == asr.transcribe(model, x, rate).text
+
+
+def test_integer_pcm_is_scaled_as_offline_and_bool_or_complex_refused(lstm_model: Path) -> None:
+    import asr
+    from asr.audio import AudioError
+
+    model = asr.load_model(lstm_model)
+    x, _ = joined(seed=10)
+    i16 = (np.clip(x, -1, 1) * 32767).astype(np.int16)
+    as_float = i16.astype(np.float32) / 32768
+
+    def texts(samples, chunk: int = 1600) -> list[str]:
+        finals, last, _ = _run(asr.stream(model), samples, chunk)
+        return [f.text for f in finals] + [last.text]
+
+    want = texts(as_float)
+    assert want[0]
+    assert texts(i16) == want
+    assert texts(i16.astype(np.int32) << 16) == want
+    assert texts(as_float.astype(np.float64)) == want
+    assert texts(torch.from_numpy(i16.copy()), 1600) == want
+    u8 = ((i16.astype(np.int32) >> 8) + 128).astype(np.uint8)
+    assert texts(u8) == texts((u8.astype(np.float32) - 128) / 128)
+    for bad, reason in [(x > 0, "bool"), (x.astype(np.complex64), "complex"), (torch.from_numpy(x > 0), "bool")]:
+        with pytest.raises(AudioError, match=reason) as e:
+            asr.stream(model).accept(bad, SR)
+        assert str(e.value).startswith("<stream>: ") and "\n" not in str(e.value)
 
 
 # --------------------------------------------------------------------------- stdin PCM
@@ -415,6 +550,69 @@ def test_pcm_source_raw_wav_header_and_bad_bytes() -> None:
         pcm_source(io.BytesIO(b"hello, this is not audio\n"), 16000)
     with pytest.raises(AudioError, match="not 16-bit PCM"):
         pcm_source(io.BytesIO(_wav_stream_bytes(x, 8000).replace(struct.pack("<HH", 2, 16), struct.pack("<HH", 4, 32), 1)), None)
+
+
+def _chunk(cid: bytes, body: bytes) -> bytes:
+    return cid + struct.pack("<I", len(body)) + body + b"\x00" * (len(body) & 1)
+
+
+def _wav_with_chunks(x: np.ndarray, rate: int, before: list[bytes], after: list[bytes], data_size: int | None = None, riff_size: int | None = None) -> bytes:
+    pcm = (np.clip(x, -1, 1) * 32767).astype("<i2").tobytes()
+    fmt = _chunk(b"fmt ", struct.pack("<HHIIHH", 1, 1, rate, rate * 2, 2, 16))
+    data = b"data" + struct.pack("<I", len(pcm) if data_size is None else data_size) + pcm
+    body = b"WAVE" + fmt + b"".join(before) + data + b"".join(after)
+    return b"RIFF" + struct.pack("<I", len(body) if riff_size is None else riff_size) + body
+
+
+_LIST = _chunk(b"LIST", b"INFOINAM" + struct.pack("<I", 9) + b"a title\x00\x00")
+_ART = _chunk(b"id3 ", bytes(range(256)) * 40 + b"\xff")  # odd-sized: padded
+
+
+@pytest.mark.parametrize(
+    ("before", "after", "data_size", "riff_size", "whole"),
+    [
+        ([], [_LIST], None, None, True),  # a LIST after the audio (what sox and ffmpeg add)
+        ([], [_ART, _LIST], None, None, True),  # cover art, odd-sized, then LIST
+        ([_chunk(b"junk", b"abc"), _chunk(b"bext", bytes(3 << 20))], [_ART], None, None, True),  # odd and large chunks before
+        ([_LIST], [], 0xFFFFFFFF, 0xFFFFFFFF, False),  # a stream's header: until the end
+        ([], [], 0, 0, False),  # sizes left at 0 by a recorder writing to a pipe
+        ([], [], 0x7FFFF000, 0x7FFFF024, False),  # sox's placeholder
+    ],
+)
+def test_a_wav_on_stdin_ends_with_its_data_chunk(before: list[bytes], after: list[bytes], data_size: int | None, riff_size: int | None, whole: bool) -> None:
+    x = (0.3 * np.sin(np.arange(4001) / 3)).astype(np.float32)
+    wav = _wav_with_chunks(x, 8000, before, after, data_size, riff_size)
+    for chunk_seconds in (0.1, 0.0003, 10):
+        src = pcm_source(io.BytesIO(wav), None, chunk_seconds)
+        got = np.concatenate(list(src.chunks))
+        assert src.sample_rate == 8000
+        if whole:
+            assert len(got) == len(x) and np.abs(got - x).max() < 1e-4
+        else:  # the bytes after the samples are read as samples: nothing says where they end
+            assert len(got) == (len(wav) - wav.index(b"data") - 8) // 2 and np.abs(got[: len(x)] - x).max() < 1e-4
+
+
+def test_a_wav_on_stdin_with_a_cut_or_empty_data_chunk() -> None:
+    from asr.audio import AudioError
+
+    x = (0.3 * np.sin(np.arange(4000) / 3)).astype(np.float32)
+    cut = _wav_with_chunks(x, 8000, [], [_LIST])[:-len(_LIST) - 1000]  # ended by the recorder: what came is kept
+    assert len(np.concatenate(list(pcm_source(io.BytesIO(cut), None).chunks))) == 4000 - 500
+    with pytest.raises(AudioError, match="no audio"):
+        list(pcm_source(io.BytesIO(_wav_with_chunks(x[:0], 8000, [], [_LIST])), None).chunks)
+    with pytest.raises(AudioError, match="cut short"):
+        pcm_source(io.BytesIO(_wav_with_chunks(x, 8000, [_chunk(b"junk", bytes(100))], [])[:60]), None)
+
+
+def test_cli_stops_at_the_data_chunk(lstm_model: Path) -> None:
+    x, _ = joined(seed=7)
+    want = [" ".join(w) for w in SEGMENTS]
+    noise = _chunk(b"LIST", np.random.default_rng(0).integers(-20000, 20000, 3 * SR, dtype=np.int16).tobytes())  # 3 s of "audio"
+    r = cli(lstm_model, "-", input=_wav_with_chunks(x, SR, [], [noise]))
+    assert r.exit_code == 0, (r.output, r.exception)
+    events = _events(r.stdout)
+    assert [e["text"] for e in events if e["type"] == "final"] == want
+    assert max(e["end"] for e in events) <= len(x) / SR + 0.05
 
 
 # --------------------------------------------------------------------------- the command line
