@@ -181,6 +181,11 @@ class Stream:
     # --- public -------------------------------------------------------------------------
 
     @property
+    def finished(self) -> bool:
+        """Whether `finish` has been called (the stream takes no more audio)."""
+        return self._finished
+
+    @property
     def seconds(self) -> float:
         """Seconds of audio accepted so far (at the model's rate)."""
         return self._samples / self.sample_rate
