@@ -434,6 +434,7 @@ class SampleRateCheck:
     model_rate: int
     rates: Counter = field(default_factory=Counter)  # own rate -> inputs seen at it
     warned: bool = False
+    what: str = "file"  # what an input is called: "file", or "stream" (a live stream: one input, said as such)
 
     def add(self, rate: int, count: int = 1) -> bool:
         """Count `count` inputs at `rate` Hz; True when that is below the model's rate."""
@@ -454,9 +455,15 @@ class SampleRateCheck:
         count = sum(low.values())
         rates = ", ".join(f"{r} Hz: {n}" for r, n in low.items())
         lowest = min(low)
+        if total == 1 and self.what == "stream":
+            said = f"the stream is at {lowest} Hz, below the model's {self.model_rate} Hz: upsampled, it is empty above half its rate ({lowest // 2} Hz), "
+        else:
+            said = (
+                f"{count} of {total} {self.what if total == 1 else self.what + 's'} with a sample rate below the model's {self.model_rate} Hz "
+                f"({rates}): upsampled, they are empty above half their own rate ({lowest // 2} Hz at {lowest} Hz), "
+            )
         return (
-            f"{count} of {total} {'file' if total == 1 else 'files'} with a sample rate below the model's {self.model_rate} Hz "
-            f"({rates}): upsampled, they are empty above half their own rate ({lowest // 2} Hz at {lowest} Hz), "
+            said +
             "a band the model was trained with, so expect many more errors; for narrowband (e.g. telephone) "
             f"audio, train a model on narrowband audio with features.sample_rate = {lowest} "
             f"(asr train ... --set features.sample_rate={lowest})"

@@ -603,9 +603,24 @@ def create_app(model: Any, options: DecodeOptions | None = None, config: ServerC
 
 
 def serve(model: Any, options: DecodeOptions | None = None, config: ServerConfig | None = None, name: str = "asr") -> None:
-    """Run the server until interrupted (uvicorn; Ctrl-C or SIGTERM stop it)."""
-    import uvicorn
-
+    """Run the server until interrupted (uvicorn; Ctrl-C or SIGTERM stop it: open WebSocket
+    streams are sent their last finals first, `asr.server_stream.close_streams`)."""
     config = config or ServerConfig()
     app = create_app(model, options, config, name)
-    uvicorn.run(app, host=config.host, port=config.port, log_level="warning", timeout_keep_alive=5, ws_ping_interval=20, ws_ping_timeout=20)
+    uvicorn_server(app, host=config.host, port=config.port).run()
+
+
+def uvicorn_server(app: Any, host: str, port: int, **settings: Any) -> Any:
+    """A uvicorn.Server of `app` (uvicorn's `settings` besides the server's own) that, when it
+    stops, lets the open WebSocket streams send their finals before uvicorn closes them (1012)."""
+    import uvicorn
+
+    from asr.server_stream import close_streams
+
+    class Server(uvicorn.Server):
+        async def shutdown(self, sockets: Any = None) -> None:
+            await close_streams(app)
+            await super().shutdown(sockets)
+
+    options = {"log_level": "warning", "timeout_keep_alive": 5, "ws_ping_interval": 20, "ws_ping_timeout": 20, **settings}
+    return Server(uvicorn.Config(app, host=host, port=port, **options))

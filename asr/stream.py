@@ -165,7 +165,7 @@ class Stream:
             self.vad = VoiceActivity(self.sample_rate)
             self._speech = SpeechWindows(self.vad.window_seconds)
         self._own_check = rate_check is None
-        self.rate_check = rate_check if rate_check is not None else SampleRateCheck(training_rate(model))
+        self.rate_check = rate_check if rate_check is not None else SampleRateCheck(training_rate(model), what="stream")
         self._piece = self.sample_rate  # model-rate samples given to the model at a time
         self.input_rate: int | None = None
         self._resampler: Any = None
@@ -179,6 +179,11 @@ class Stream:
         self._begin_utterance(0)
 
     # --- public -------------------------------------------------------------------------
+
+    @property
+    def finished(self) -> bool:
+        """Whether `finish` has been called (the stream takes no more audio)."""
+        return self._finished
 
     @property
     def seconds(self) -> float:

@@ -105,3 +105,21 @@ def test_as_float_samples_scales_integer_pcm_as_soundfile_reads_it(tmp_path: Pat
         with pytest.raises(AudioError, match=reason) as e:
             as_float_samples(bad, "<clip>")
         assert isinstance(e.value, ValueError) and str(e.value).startswith("<clip>: ") and "\n" not in str(e.value)
+
+
+def test_sample_rate_check_says_files_or_a_stream() -> None:
+    from asr.audio import SampleRateCheck
+
+    files = SampleRateCheck(16000)
+    files.add(8000), files.add(16000)
+    assert files.message().startswith("1 of 2 files with a sample rate below the model's 16000 Hz (8000 Hz: 1)")
+    one = SampleRateCheck(16000)
+    one.add(8000)
+    assert one.message().startswith("1 of 1 file with")
+    stream = SampleRateCheck(16000, what="stream")
+    stream.add(8000)
+    assert stream.message().startswith("the stream is at 8000 Hz, below the model's 16000 Hz: upsampled, it is empty above half its rate (4000 Hz)")
+    assert "features.sample_rate=8000" in stream.message()
+    streams = SampleRateCheck(16000, what="stream")
+    streams.add(8000), streams.add(11025), streams.add(48000)
+    assert streams.message().startswith("2 of 3 streams with")

@@ -3,7 +3,9 @@ official `openai` client on a real uvicorn server), the limits, bad input, batch
 
 from __future__ import annotations
 
+import contextlib
 import io
+import json
 import os
 import signal
 import socket
@@ -622,3 +624,106 @@ def test_page_route_gives_the_text_words_and_every_layer_both_directions(client,
     for bad in ("2", "x", "0"):
         r = client.post("/v1/page/transcribe", files={"file": ("a.wav", _wav_bytes(x), "audio/wav")}, data={"inspect": bad})
         assert r.status_code == 400 and r.json()["error"]["param"] == "inspect" and "layer" in r.json()["error"]["message"], bad
+
+
+def _talk_without_pause() -> np.ndarray:
+    """Tone words and then no pause long enough for an endpoint: the utterance is still open."""
+    rng = np.random.default_rng(12)
+    return tone_utterance(["CAB", "DAD"], rng)
+
+
+def _expected_last(streaming_model, x: np.ndarray) -> str:
+    import asr
+
+    stream = asr.stream(streaming_model)
+    stream.accept(np.frombuffer(_pcm(x), "<i2"), SR)
+    assert not stream.pop_finals()
+    return stream.finish().text
+
+
+def _messages_until_closed(ws) -> tuple[list[dict], int | None]:
+    from starlette.websockets import WebSocketDisconnect
+
+    messages = []
+    while True:
+        try:
+            messages.append(ws.receive_json())
+        except WebSocketDisconnect as e:
+            return messages, e.code
+
+
+@pytest.mark.parametrize(
+    ("ending", "code", "reason"),
+    [("idle", 1001, "no message"), ("text", 1008, "unexpected message"), ("not-json", 1008, "must be JSON")],
+)
+def test_websocket_sends_the_last_final_however_the_stream_ends(streaming_model, ending: str, code: int, reason: str) -> None:
+    x = _talk_without_pause()
+    want = _expected_last(streaming_model, x)
+    assert want
+    with _client(streaming_model, body_timeout=1.0) as c, c.websocket_connect("/v1/stream") as ws:
+        ws.send_json({"type": "start", "sample_rate": SR})
+        assert ws.receive_json()["type"] == "ready"
+        ws.send_bytes(_pcm(x))
+        if ending == "text":
+            ws.send_json({"type": "pause"})
+        elif ending == "not-json":
+            ws.send_text("stop")
+        messages, closed = _messages_until_closed(ws)
+    finals = [m for m in messages if m["type"] == "final"]
+    assert [m["text"] for m in finals] == [want], messages
+    assert messages[-1]["type"] == "error" and reason in messages[-1]["message"] and closed == code
+    assert messages.index(finals[-1]) < len(messages) - 1  # the final before the error
+
+
+def test_websocket_streams_get_their_finals_when_the_server_stops(streaming_model) -> None:
+    from websockets.exceptions import ConnectionClosed
+    from websockets.sync.client import connect
+
+    from asr.server import ServerConfig, create_app, uvicorn_server
+
+    x = _talk_without_pause()
+    want = _expected_last(streaming_model, x)
+    port = _free_port()
+    server = uvicorn_server(create_app(streaming_model, config=ServerConfig(port=port), name="tones"), "127.0.0.1", port)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 20
+    while not server.started and time.time() < deadline:
+        time.sleep(0.05)
+    assert server.started
+    stack = contextlib.ExitStack()
+    clients = [stack.enter_context(connect(f"ws://127.0.0.1:{port}/v1/stream")) for _ in range(2)]
+    for ws in clients:
+        ws.send('{"type": "start", "sample_rate": 16000}')
+        assert '"ready"' in ws.recv(10)
+        ws.send(_pcm(x))
+    for ws in clients:  # the audio has been heard: a partial came back
+        assert '"partial"' in ws.recv(10)
+    server.should_exit = True
+    for ws in clients:
+        messages = []
+        with pytest.raises(ConnectionClosed) as closed:
+            while True:
+                messages.append(json.loads(ws.recv(10)))
+        finals = [m["text"] for m in messages if m["type"] == "final"]
+        assert finals == [want], messages
+        assert messages[-1]["type"] == "error" and "shutting down" in messages[-1]["message"]
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1012
+    stack.close()
+    thread.join(15)
+    assert not thread.is_alive()
+
+
+@pytest.mark.parametrize(("rate", "ok"), [(16000.0, True), (8000.0, True), (16000, True), (16000.5, False), ("16000", False), (True, False)])
+def test_websocket_sample_rate_whole_number_floats(streaming_model, rate: object, ok: bool) -> None:
+    with _client(streaming_model) as c, c.websocket_connect("/v1/stream") as ws:
+        ws.send_json({"type": "start", "sample_rate": rate})
+        reply = ws.receive_json()
+        if not ok:
+            assert reply["type"] == "error" and "whole number of Hz" in reply["message"] and repr(rate) in reply["message"]
+            return
+        assert reply["type"] == "ready"
+        ws.send_bytes(_pcm(np.zeros(int(rate) // 10, np.float32)))
+        ws.send_json({"type": "stop"})
+        messages, closed = _messages_until_closed(ws)
+        assert closed == 1000 and all(m["type"] != "error" for m in messages)

@@ -433,7 +433,7 @@ def test_streams_of_one_model_at_once_and_resampled_input(lstm_model: Path, caps
     z = soxr.resample(audios[0], SR, 8000).astype(np.float32)
     f, last, _ = _run(asr.stream(model), z, 800, rate=8000)
     err = capsys.readouterr().err
-    assert err.count("warning:") == 1 and "8000 Hz" in err
+    assert err.count("warning:") == 1 and "the stream is at 8000 Hz, below the model's 16000 Hz" in err and " of 1 " not in err
     assert f or last.text
 
 
@@ -660,6 +660,16 @@ def test_cli_json_lines_from_a_file_and_from_stdin(lstm_model: Path, tmp_path: P
     assert [e["text"] for e in _events(r.stdout) if e["type"] == "final"] == want
     r = cli(lstm_model, "-", "--rule2-min-trailing-silence", 30, "--rule1-min-trailing-silence", 30, input=pcm)
     assert [e["type"] for e in _events(r.stdout)].count("final") == 1  # no pause long enough: one utterance
+
+
+@pytest.mark.parametrize("rate", [8000, 11025])
+def test_cli_narrowband_stdin_is_said_as_a_stream(lstm_model: Path, rate: int) -> None:
+    x = (0.1 * np.sin(np.arange(rate) / 3)).astype(np.float32)
+    for args, data in [(("--rate", rate), (x * 32767).astype("<i2").tobytes()), ((), _wav_stream_bytes(x, rate))]:
+        r = cli(lstm_model, "-", *args, input=data)
+        assert r.exit_code == 0, (r.output, r.exception)
+        warning = [line for line in r.stderr.splitlines() if line.startswith("warning:")]
+        assert len(warning) == 1 and f"the stream is at {rate} Hz" in warning[0] and "of 1 file" not in warning[0], r.stderr
 
 
 def test_cli_errors_are_one_line(lstm_model: Path, tmp_path: Path) -> None:
