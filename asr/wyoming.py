@@ -240,9 +240,7 @@ async def run_wyoming(uri: str, model: Any, options: DecodeOptions, batcher: Any
 def serve(model: Any, options: DecodeOptions, config: Any, name: str, wyoming: str, http: bool = True, languages: tuple[str, ...] = ("en",)) -> None:
     """Run the Wyoming server on `wyoming`, and with `http` the HTTP server of `asr.server`
     beside it in the same event loop and over the same batcher, until interrupted."""
-    import uvicorn
-
-    from asr.server import Batcher, create_app
+    from asr.server import Batcher, create_app, uvicorn_server
 
     async def main() -> None:
         if not http:
@@ -250,7 +248,7 @@ def serve(model: Any, options: DecodeOptions, config: Any, name: str, wyoming: s
             return await run_wyoming(wyoming, model, options, batcher, config, name, languages)
         app = create_app(model, options, config, name)
         task = asyncio.create_task(run_wyoming(wyoming, model, options, app.state.batcher, config, name, languages))
-        web = uvicorn.Server(uvicorn.Config(app, host=config.host, port=config.port, log_level="warning", timeout_keep_alive=5, ws_ping_interval=20, ws_ping_timeout=20))
+        web = uvicorn_server(app, host=config.host, port=config.port)
         try:
             await web.serve()
         finally:
