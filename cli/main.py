@@ -93,9 +93,11 @@ def train_cmd(
     nproc: Annotated[int, typer.Option(help="Processes on this machine (distributed data parallel through torchrun).")] = 1,
     device: Annotated[str | None, typer.Option(help="auto, cpu or cuda (sets train.device).")] = None,
     threads: Annotated[int | None, typer.Option(help="CPU threads per process (sets train.threads).")] = None,
+    nj: Annotated[int | None, typer.Option("--nj", help="Processes computing the features (sets data.nj; 0: the cores).")] = None,
 ) -> None:
     """Train a BiLSTM-CTC model; writes best.pt, last.pt, metrics.csv and steps.csv into --out."""
     overrides = list(overrides or []) + ([f"train.device={device}"] if device else []) + ([f"train.threads={threads}"] if threads is not None else [])
+    overrides += [f"data.nj={nj}"] if nj is not None else []
     if nproc > 1 and "WORLD_SIZE" not in os.environ:  # start the processes; each comes back here under torchrun
         from asr.config import load_config
         from asr.distributed import launch_training
