@@ -183,22 +183,28 @@ def write_features(
         bar.close()
     indexes = [_finished(parts, k, [u.id for u in b]) for k, b in enumerate(blocks)]
     if any(i is None for i in indexes):
+        if read_index(base) is not None:  # another job on the same set finished it meanwhile
+            return StoreReport(len(blocks), todo)
         raise OSError(f"{parts}: a feature block is missing after its computation")
     total = sum(i["frames"] for i in indexes)
     dim = _dim(cfg)
-    tmp = base.with_name(base.name + ".tmp.npy")
-    if total == 0:
-        np.save(tmp, np.zeros((0, dim), np.float32))
-    else:
-        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(total, dim))
-        at = 0
-        for k in range(len(blocks)):
-            x = np.load(_block_paths(parts, k)[0], mmap_mode="r")
-            out[at : at + len(x)] = x
-            at += len(x)
-        out.flush()
-        del out
-    os.replace(tmp, base.with_suffix(".npy"))
+    tmp = base.with_name(f".{base.name}.{os.getpid()}.tmp.npy")  # one per job: two jobs on one set never share it
+    try:
+        if total == 0:
+            np.save(tmp, np.zeros((0, dim), np.float32))
+        else:
+            out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(total, dim))
+            at = 0
+            for k in range(len(blocks)):
+                x = np.load(_block_paths(parts, k)[0], mmap_mode="r")
+                out[at : at + len(x)] = x
+                at += len(x)
+            out.flush()
+            del out
+        os.replace(tmp, base.with_suffix(".npy"))
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     ids = [i for index in indexes for i in index["kept"]]
     offsets = np.concatenate([[0], np.cumsum([n for index in indexes for n in index["lengths"]], dtype=np.int64)]).astype(np.int64)
     failed = [tuple(f) for index in indexes for f in index["failed"]]
