@@ -13,10 +13,9 @@ thread each (forked from the caller, which has loaded the model and built the se
 each decoding a share balanced by audio duration (`balanced_shares`, deterministic by id), and
 merges their parts the same way.
 
-Each utterance is decoded exactly as one process decodes it, but in length-bucketed batches
-with other companions; the acoustic model's output for an utterance does not depend on its batch
-companions beyond floating-point rounding of the padded matrix products, which the tests check
-does not reach the written text or its 4-decimal scores.
+Each utterance is decoded as one process decodes it, but in length-bucketed batches with other
+companions; the model's output for an utterance does not depend on them (padding never reaches
+real frames, `asr.model`), and the tests check that the written bytes are the same.
 """
 
 from __future__ import annotations
