@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import multiprocessing as mp
+import multiprocessing.connection as mp_connection
 import os
 import re
 import tempfile
@@ -141,6 +142,7 @@ def merge_shards(manifest: str | Path, out: str | Path, n: int) -> MergeReport:
 
 # ------------------------------------------------------------------------------ one machine, N processes
 
+START_METHOD: str | None = None  # how workers start: None, fork where there is fork (else spawn)
 _INHERITED: dict[str, Any] = {}  # the parent's model and search, which forked workers use as they are
 
 
@@ -207,8 +209,7 @@ def decode_parallel(
     if getattr(getattr(model, "device", None), "type", "cpu") != "cpu":
         raise ShardError("--nj runs CPU worker processes; decode on a GPU in one process (or one --shard per GPU)")
     options = options if options is not None else resolve_options(model.cfg.decode)
-    methods = mp.get_all_start_methods()
-    ctx = mp.get_context("fork" if "fork" in methods else "spawn")
+    ctx = mp.get_context(START_METHOD or ("fork" if "fork" in mp.get_all_start_methods() else "spawn"))
     _INHERITED.clear()
     if ctx.get_start_method() == "fork" and isinstance(model, Recognizer):
         _INHERITED.update(model=model, decoder=make_decoder(model.tokenizer, options))
@@ -227,31 +228,35 @@ def decode_parallel(
                 proc.start()
                 send.close()
                 workers.append((proc, receive))
-            results = []
-            for k, (proc, receive) in enumerate(workers):
-                try:
-                    result = receive.recv()
-                except EOFError:
-                    result = ("error", "the worker ended without a result")
-                proc.join()
-                if result[0] != "ok":
-                    for other, _ in workers:
-                        if other.is_alive():
-                            other.terminate()
-                    raise ShardError(f"{manifest}: decode worker {k} of {nj} failed: {result[1]}")
-                results.append(result)
+            results: dict[int, tuple] = {}
+            waiting = {receive: k for k, (_, receive) in enumerate(workers)}
+            while waiting:  # as they come, so that a failure stops the others at once
+                for receive in mp_connection.wait(list(waiting)):
+                    k = waiting.pop(receive)
+                    try:
+                        result = receive.recv()
+                    except EOFError:
+                        result = ("error", f"the worker ended without a result (exit status {workers[k][0].exitcode})")
+                    workers[k][0].join()
+                    if result[0] != "ok":
+                        for other, _ in workers:
+                            if other.is_alive():
+                                other.terminate()
+                                other.join()
+                        raise ShardError(f"{manifest}: decode worker {k} of {nj} failed: {result[1]}")
+                    results[k] = result
             share_of = {uid: k for k, share in enumerate(shares) for uid in share}
             merge_parts(utts, parts, lambda uid: share_of.get(uid, -1), out)
     finally:
         _INHERITED.clear()
     check = SampleRateCheck(training_rate(model))
     failed = []
-    for _, report, rates in results:
+    for _, report, rates in results.values():
         failed += report.failed
         for rate, count in rates.items():
             check.add(rate, count)
     check.warn()
     order = {u.id: i for i, u in enumerate(utts)}
     failed.sort(key=lambda f: order[f[0]])
-    decoded = sum(r.decoded for _, r, _ in results)
-    return DecodeReport(decoded, failed, sum(r.audio_seconds for _, r, _ in results), time.time() - t0)
+    decoded = sum(r.decoded for _, r, _ in results.values())
+    return DecodeReport(decoded, failed, sum(r.audio_seconds for _, r, _ in results.values()), time.time() - t0)

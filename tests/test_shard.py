@@ -146,3 +146,39 @@ def test_bad_shard_and_nj_in_one_line(trained: Path, corpus: Path, tmp_path: Pat
         proc = subprocess.run([sys.executable, "-m", "asr", "decode", str(trained / "best.pt"), str(corpus), "--out", str(tmp_path / "h.jsonl"), *flags],
                               capture_output=True, text=True, cwd=ROOT)
         assert proc.returncode != 0 and "Traceback" not in proc.stderr and said in proc.stderr
+
+
+@pytest.mark.parametrize(("fmt", "suffix"), [("torchscript", ".ts"), ("onnx", ".onnx")])
+def test_nj_with_an_exported_model(fmt: str, suffix: str, trained: Path, corpus: Path, tmp_path: Path) -> None:
+    if fmt == "onnx":
+        pytest.importorskip("onnxruntime")
+    exported = tmp_path / f"model{suffix}"
+    invoke("export", trained / "best.pt", "--out", exported, "--format", fmt)
+    assert decode(exported, corpus, tmp_path / "nj.jsonl", "--nj", "2") == decode(exported, corpus, tmp_path / "one.jsonl")
+
+
+def test_spawned_workers_load_the_model_themselves(trained: Path, corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import asr.shard
+    from asr.shard import decode_parallel
+
+    monkeypatch.setattr(asr.shard, "START_METHOD", "spawn")
+    report = decode_parallel(trained / "best.pt", corpus, tmp_path / "nj.jsonl", 2)
+    assert report.decoded == 32 and [f[0] for f in report.failed] == ["broken"]
+    assert (tmp_path / "nj.jsonl").read_bytes() == decode(trained / "best.pt", corpus, tmp_path / "one.jsonl")
+
+
+def test_a_failing_worker_is_named_and_nothing_is_written(trained: Path, corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import asr.decode
+    from asr.shard import decode_parallel
+
+    decode_manifest = asr.decode.decode_manifest
+
+    def failing(model, manifest, out, *args, select=None, **kwargs):
+        if select("s3-utt000"):
+            raise OSError("disk full")
+        return decode_manifest(model, manifest, out, *args, select=select, **kwargs)
+
+    monkeypatch.setattr(asr.decode, "decode_manifest", failing)  # the forked workers see it
+    with pytest.raises(ShardError, match=r"all.jsonl: decode worker \d of 2 failed: disk full$"):
+        decode_parallel(trained / "best.pt", corpus, tmp_path / "nj.jsonl", 2)
+    assert not (tmp_path / "nj.jsonl").exists() and not list(tmp_path.iterdir())
