@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from asr.config import Config, ConfigError, FeatureConfig, check_noise_snr
-from asr.featstore import read_index, write_features
+from asr.featstore import array_path, read_index, write_features
 from asr.featstore import speed_perturb as speed_perturb  # where asr.views and callers find it
 from asr.features import Normalizer
 from asr.manifest import Utterance, read_manifest
@@ -84,7 +84,7 @@ def _open_features(base: Path, utts: list[Utterance]) -> FeatureSet:
     if meta is None:
         raise OSError(f"{base}.npy: no finished feature set")
     by_id = {u.id: u for u in utts}
-    feats = np.load(base.with_suffix(".npy"), mmap_mode="c")
+    feats = np.load(array_path(base), mmap_mode="c")
     return FeatureSet([by_id[i] for i in meta["ids"]], feats, np.asarray(meta["offsets"], np.int64), [tuple(f) for f in meta["failed"]])
 
 

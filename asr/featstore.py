@@ -43,7 +43,7 @@ from asr.audio import AudioError, load_audio, resample
 from asr.config import ConfigError, FeatureConfig
 from asr.manifest import Utterance
 
-__all__ = ["BLOCK", "speed_perturb", "feature_jobs", "utterance_features", "write_features", "read_index", "StoreReport"]
+__all__ = ["BLOCK", "speed_perturb", "feature_jobs", "utterance_features", "write_features", "read_index", "array_path", "index_path", "StoreReport"]
 
 BLOCK = 128  # utterances per block: a worker's memory is one block's features (about 50 MB of 12 s utterances)
 
@@ -201,16 +201,26 @@ def write_features(
                 at += len(x)
             out.flush()
             del out
-        os.replace(tmp, base.with_suffix(".npy"))
+        os.replace(tmp, array_path(base))
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     ids = [i for index in indexes for i in index["kept"]]
     offsets = np.concatenate([[0], np.cumsum([n for index in indexes for n in index["lengths"]], dtype=np.int64)]).astype(np.int64)
     failed = [tuple(f) for index in indexes for f in index["failed"]]
-    atomic_write_text(base.with_suffix(".json"), json.dumps({"ids": ids, "offsets": offsets.tolist(), "failed": failed}))
+    atomic_write_text(index_path(base), json.dumps({"ids": ids, "offsets": offsets.tolist(), "failed": failed}))
     shutil.rmtree(parts, ignore_errors=True)
     return StoreReport(len(blocks), todo)
+
+
+def array_path(base: str | Path) -> Path:
+    """BASE.npy: the features of the set whose files start with `base` (dots in its name kept)."""
+    return Path(f"{os.fspath(base)}.npy")
+
+
+def index_path(base: str | Path) -> Path:
+    """BASE.json: the set's index."""
+    return Path(f"{os.fspath(base)}.json")
 
 
 def _dim(cfg: FeatureConfig) -> int:
@@ -222,6 +232,6 @@ def _dim(cfg: FeatureConfig) -> int:
 def read_index(base: str | Path) -> dict | None:
     """The index of a finished feature set (`BASE.json` beside its `BASE.npy`), or None."""
     base = Path(base)
-    if not (base.with_suffix(".json").exists() and base.with_suffix(".npy").exists()):
+    if not (index_path(base).exists() and array_path(base).exists()):
         return None
-    return json.loads(base.with_suffix(".json").read_text())
+    return json.loads(index_path(base).read_text())

@@ -186,3 +186,16 @@ def test_data_nj_is_checked_where_it_is_set(tmp_path: Path) -> None:
     root = Path(__file__).resolve().parents[1]
     proc = subprocess.run([sys.executable, "-m", "asr", "train", str(config), "--out", str(tmp_path / "exp"), "--nj", "-1"], capture_output=True, text=True, cwd=root)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr and "data.nj must be 0" in proc.stderr.strip().splitlines()[-1]
+
+
+def test_manifests_with_dots_in_their_names_get_their_own_cache(corpus: Path) -> None:
+    rows = corpus.read_text().splitlines()
+    a, b = corpus.parent / "an4.first.jsonl", corpus.parent / "an4.second.jsonl"
+    a.write_text("\n".join(rows[:8]) + "\n")
+    b.write_text("\n".join(rows[8:]) + "\n")
+    fa = load_features(a, read_manifest(a), CFG, nj=1)
+    fb = load_features(b, read_manifest(b), CFG, nj=1)
+    assert [u.id for u in fb.utts] == [u.id for u in read_manifest(b)]
+    assert fb.feats.tobytes() == reference(read_manifest(b), CFG)[1].tobytes()
+    assert load_features(a, read_manifest(a), CFG).feats.tobytes() == fa.feats.tobytes() == reference(read_manifest(a), CFG)[1].tobytes()
+    assert sorted(p.name.split("-")[0] for p in (corpus.parent / ".feats").glob("an4.*.npy")) == ["an4.first", "an4.second"]
