@@ -14,8 +14,8 @@ outputs are the same bytes. Needs a finished recipe run (model.pt, data/<set>.js
 1 process against 2; ratio (target: >= 1.7) and whether the bytes are the same.
 
 `corpus`: synthetic corpora of the given hours built from the source manifest's audio (each
-utterance again at speeds 0.9-1.1 and with white, pink or brown noise at 5-30 dB, written as new
-files), then for each: peak resident memory (the largest process) and seconds per audio hour of
+utterance again at a speed of 0.9-1.1, with white noise at 5-30 dB and a gain, written as new
+16-bit files; pitch is not varied apart from speed), then for each: peak resident memory (the largest process) and seconds per audio hour of
 feature preparation (2 processes) and of `asr decode` (--nj 1 and --nj 2, one thread each, with
 EXP/model.pt), against the issue's targets: peak memory at the largest corpus <= 1.25 x at the
 smallest, seconds per audio hour within 15 %.
@@ -139,7 +139,7 @@ def bench_features(args: argparse.Namespace) -> None:
 
 
 def build_corpus(src: Path, hours: float, root: Path) -> Path:
-    """A manifest of `hours` of audio made of the source's utterances, each variant (speed, noise)
+    """A manifest of `hours` of audio made of the source's utterances, each variant (speed, noise, gain)
     a new file and a new id; variants are drawn in a fixed order, so a corpus of 4 h holds the
     one of 1 h. Reuses what an earlier call wrote."""
     import numpy as np
@@ -148,7 +148,6 @@ def build_corpus(src: Path, hours: float, root: Path) -> Path:
     from asr.audio import load_audio
     from asr.featstore import speed_perturb
     from asr.manifest import read_manifest
-    from asr.noise import NOISE_COLOURS, add_noise
 
     manifest = root / f"{hours:g}h.jsonl"
     if manifest.exists():
@@ -160,8 +159,7 @@ def build_corpus(src: Path, hours: float, root: Path) -> Path:
     audio_dir.mkdir(parents=True, exist_ok=True)
     while total < hours * 3600:
         speed = float(rng.choice([0.9, 0.95, 1.0, 1.05, 1.1]))
-        colour = list(NOISE_COLOURS)[int(rng.integers(len(NOISE_COLOURS)))]
-        snr = float(rng.uniform(5, 30))
+        snr, gain = float(rng.uniform(5, 30)), float(rng.uniform(0.3, 1.0))
         for u in utts:
             if total >= hours * 3600:
                 break
@@ -170,7 +168,9 @@ def build_corpus(src: Path, hours: float, root: Path) -> Path:
                 duration = sf.info(path).duration
             else:
                 wav = speed_perturb(load_audio(u.audio, 16000), 16000, speed)
-                wav = add_noise(wav, snr, np.random.default_rng(variant * 100003 + len(rows)), colour)
+                noise = np.random.default_rng(variant * 100003 + len(rows)).standard_normal(len(wav))
+                wav = gain * (wav + noise * np.sqrt(np.mean(wav.astype(np.float64) ** 2) / 10 ** (snr / 10)))
+                wav = (wav / max(1.0, float(np.max(np.abs(wav))) / 0.99)).astype(np.float32)
                 sf.write(path, wav, 16000, subtype="PCM_16")
                 duration = len(wav) / 16000
             rows.append({"id": f"v{variant:03d}-{u.id}", "audio": str(path), "duration": round(duration, 4), "text": u.text, "speaker": f"v{variant:03d}-{u.speaker}"})
