@@ -9,8 +9,7 @@ corpus in memory:
    processes (one torch thread each) compute blocks and write each as `block-K.npy` plus its
    `block-K.json` (written last, atomically, so a block is complete exactly when its `.json`
    exists) in the folder `BASE.parts/`. A worker holds one block's features at a time.
-2. Once every block is there, they are copied in order into `BASE.npy` (through a memory-mapped
-   file opened for writing, one block at a time), the index is written, and `BASE.parts/` goes.
+2. Once every block is there, they are copied in order into `BASE.npy` (one block at a time), the index is written, and `BASE.parts/` goes.
 
 A job killed in step 1 leaves its finished blocks; run again, it computes only the blocks
 without a `.json` (a half-written `.npy` is written anew). A job killed in step 2 copies again
@@ -190,17 +189,13 @@ def write_features(
     dim = _dim(cfg)
     tmp = base.with_name(f".{base.name}.{os.getpid()}.tmp.npy")  # one per job: two jobs on one set never share it
     try:
-        if total == 0:
-            np.save(tmp, np.zeros((0, dim), np.float32))
-        else:
-            out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(total, dim))
-            at = 0
+        # written, not memory-mapped: mapped pages of the output would count in this process's memory
+        with open(tmp, "wb") as f:
+            np.lib.format.write_array_header_1_0(f, {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)), "fortran_order": False, "shape": (total, dim)})
             for k in range(len(blocks)):
-                x = np.load(_block_paths(parts, k)[0], mmap_mode="r")
-                out[at : at + len(x)] = x
-                at += len(x)
-            out.flush()
-            del out
+                f.write(np.ascontiguousarray(np.load(_block_paths(parts, k)[0]), dtype=np.float32).tobytes())
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, array_path(base))
     except BaseException:
         tmp.unlink(missing_ok=True)
