@@ -18,6 +18,7 @@ class DataConfig:
     train: str = ""  # training manifest
     dev: str = ""  # validation manifest (WER every epoch, picks `best`)
     max_duration: float = 30.0  # longer training utterances are left out (seconds)
+    nj: int = 0  # processes computing the features (0: the cores this process may use)
 
 
 @dataclass
@@ -221,6 +222,8 @@ def set_value(cfg: Config, dotted: str, value: Any, where: str = "config") -> No
         raise ConfigError(f"{where}: decode.speeds must be distinct factors between 0.5 and 2.0, 1.0 among them, got {value}")
     if dotted in ("decode.view_nbest", "decode.beam_size") and value < 1:
         raise ConfigError(f"{where}: {dotted} must be at least 1, got {value}")
+    if dotted == "data.nj" and value < 0:
+        raise ConfigError(f"{where}: data.nj must be 0 (the cores) or a number of processes, got {value}")
     if dotted == "decode.beam_threshold" and not value > 0:
         raise ConfigError(f"{where}: decode.beam_threshold must be positive, got {value}")
     if dotted in ("decode.lm_weight", "decode.word_score") and not math.isfinite(value):

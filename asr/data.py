@@ -15,106 +15,112 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
-from asr.audio import AudioError, load_audio, resample
 from asr.config import Config, ConfigError, FeatureConfig, check_noise_snr
-from asr.features import FeatureExtractor, Normalizer, one_thread
+from asr.featstore import array_path, read_index, write_features
+from asr.featstore import speed_perturb as speed_perturb  # where asr.views and callers find it
+from asr.features import Normalizer
 from asr.manifest import Utterance, read_manifest
 from asr.text import Tokenizer
 
 
 @dataclass
 class FeatureSet:
-    """Features of the usable utterances of a manifest, concatenated, with offsets."""
+    """Features of the usable utterances of a manifest: utterance i is stored utterance
+    `rows[i]` (i itself without `rows`), the frames feats[offsets[j]:offsets[j + 1]] of stored
+    utterance j. `subset` only narrows `rows`, so a memory-mapped set stays on disk."""
 
     utts: list[Utterance]
-    feats: np.ndarray  # (total_frames, dim), float32
-    offsets: np.ndarray  # (n + 1,)
+    feats: np.ndarray  # (total_frames, dim), float32: every stored utterance's frames in turn
+    offsets: np.ndarray  # (stored + 1,) int64
     failed: list[tuple[str, str]]  # (id, reason) of utterances whose audio could not be read
+    rows: np.ndarray | None = None  # (n,) int64: which stored utterance each one is; None: all, in order
 
     def __len__(self) -> int:
         return len(self.utts)
 
+    def _stored(self, i: int) -> int:
+        return int(self.rows[i]) if self.rows is not None else i
+
     def lengths(self) -> np.ndarray:
-        return np.diff(self.offsets)
+        """(n,) int64: frames of each utterance."""
+        lengths = np.diff(self.offsets)
+        return lengths[self.rows] if self.rows is not None else lengths
 
     def __getitem__(self, i: int) -> torch.Tensor:
-        return torch.from_numpy(self.feats[self.offsets[i] : self.offsets[i + 1]])
+        """(frames, dim) float32: a view of the stored frames (copy-on-write for a cached set)."""
+        j = self._stored(i)
+        return torch.from_numpy(self.feats[self.offsets[j] : self.offsets[j + 1]])
 
     def subset(self, keep: list[int]) -> FeatureSet:
-        lengths = self.lengths()[keep]
-        offsets = np.concatenate([[0], np.cumsum(lengths)])
-        feats = np.concatenate([self.feats[self.offsets[i] : self.offsets[i + 1]] for i in keep]) if keep else self.feats[:0]
-        return FeatureSet([self.utts[i] for i in keep], feats, offsets, self.failed)
-
-
-def speed_perturb(wav: np.ndarray, sample_rate: int, speed: float) -> np.ndarray:
-    """Play `wav` `speed` times faster, tempo and pitch together, as Kaldi's `sox speed`:
-    resample as if it had been recorded at sample_rate * speed."""
-    return resample(wav, round(sample_rate * speed), sample_rate) if speed != 1.0 else wav
+        """The utterances at positions `keep`, in that order, over the same stored frames (no copy)."""
+        rows = np.arange(len(self.offsets) - 1, dtype=np.int64) if self.rows is None else self.rows
+        return FeatureSet([self.utts[i] for i in keep], self.feats, self.offsets, self.failed, rows[np.asarray(keep, dtype=np.int64)])
 
 
 def compute_features(
-    utts: list[Utterance], cfg: FeatureConfig, desc: str = "features", speed: float = 1.0, noise_snr: tuple[float, float] | None = None
+    utts: list[Utterance],
+    cfg: FeatureConfig,
+    desc: str = "features",
+    speed: float = 1.0,
+    noise_snr: tuple[float, float] | None = None,
+    nj: int | None = 1,
 ) -> FeatureSet:
     """Read every utterance's audio (speed-perturbed by `speed`, then with its noisy copy's noise
-    at an SNR in `noise_snr` dB, `asr.noise.noisy_copy`, when given) and extract features;
-    unreadable audio is reported, not fatal."""
-    from asr.noise import noisy_copy
+    at an SNR in `noise_snr` dB, `asr.noise.noisy_copy`, when given) and extract features, in
+    `nj` processes (None or 0: the cores), into a temporary file that the returned set
+    memory-maps (`asr.featstore.write_features`: memory holds one block at a time, not the
+    corpus); unreadable audio is reported, not fatal."""
+    import tempfile
 
-    extractor = FeatureExtractor(cfg)
-    kept, chunks, failed = [], [], []
-    with one_thread():
-        for u in tqdm(utts, desc=desc, unit="utt", leave=False, disable=None):
-            try:
-                wav = load_audio(u.audio, cfg.sample_rate)
-            except AudioError as e:
-                failed.append((u.id, e.reason))
-                print(f"warning: {e} (skipped)", file=sys.stderr)
-                continue
-            kept.append(u)
-            wav = speed_perturb(wav, cfg.sample_rate, speed)
-            if noise_snr is not None:
-                wav = noisy_copy(wav, u.id, noise_snr)
-            chunks.append(extractor(torch.from_numpy(wav)).numpy())
-    lengths = [len(c) for c in chunks]
-    dim = extractor.dim
-    feats = np.concatenate(chunks) if chunks else np.zeros((0, dim), np.float32)
-    return FeatureSet(kept, feats, np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64), failed)
+    with tempfile.TemporaryDirectory(prefix="asr-feats-") as tmp:
+        base = Path(tmp) / "features"
+        write_features(utts, cfg, base, speed, noise_snr, nj, desc=desc)
+        return _open_features(base, utts)  # the mapping outlives the file's name (POSIX)
+
+
+def _open_features(base: Path, utts: list[Utterance]) -> FeatureSet:
+    meta = read_index(base)
+    if meta is None:
+        raise OSError(f"{base}.npy: no finished feature set")
+    by_id = {u.id: u for u in utts}
+    feats = np.load(array_path(base), mmap_mode="c")
+    return FeatureSet([by_id[i] for i in meta["ids"]], feats, np.asarray(meta["offsets"], np.int64), [tuple(f) for f in meta["failed"]])
 
 
 def load_features(
-    manifest: str | Path, utts: list[Utterance], cfg: FeatureConfig, cache: bool = True, speed: float = 1.0, noise_snr: tuple[float, float] | None = None
+    manifest: str | Path,
+    utts: list[Utterance],
+    cfg: FeatureConfig,
+    cache: bool = True,
+    speed: float = 1.0,
+    noise_snr: tuple[float, float] | None = None,
+    nj: int | None = None,
 ) -> FeatureSet:
     """Features for a manifest, cached in `<manifest dir>/.feats/`; the cache key covers the
     manifest's content, the feature configuration, the speed and the noise, so a change to any
-    recomputes."""
+    recomputes. They are computed by `nj` processes (None or 0: the cores) straight to disk,
+    and a killed computation resumes from its finished blocks (`asr.featstore`); where the
+    manifest's folder cannot be written, into a temporary file instead."""
     manifest = Path(manifest)
     settings = {k: v for k, v in asdict(cfg).items() if k != "cmvn"}  # applied after the cache
     keyed = [[asdict(u) for u in utts], settings] + ([speed] if speed != 1.0 else []) + ([["noise", *noise_snr]] if noise_snr else [])
     key = hashlib.sha1(json.dumps(keyed, sort_keys=True).encode()).hexdigest()[:16]
     base = manifest.parent / ".feats" / f"{manifest.stem}-{key}"
-    if cache and base.with_suffix(".json").exists():
-        meta = json.loads(base.with_suffix(".json").read_text())
-        by_id = {u.id: u for u in utts}
-        feats = np.load(base.with_suffix(".npy"), mmap_mode="c")
-        return FeatureSet([by_id[i] for i in meta["ids"]], feats, np.asarray(meta["offsets"], np.int64), [tuple(f) for f in meta["failed"]])
+    if cache and read_index(base) is not None:
+        return _open_features(base, utts)
     desc = f"features {manifest.stem}" + (f" x{speed:g}" if speed != 1.0 else "") + (" noisy" if noise_snr else "")
-    fs = compute_features(utts, cfg, desc=desc, speed=speed, noise_snr=noise_snr)
     if cache:
         try:
             base.parent.mkdir(parents=True, exist_ok=True)
-            tmp = base.with_name(base.name + ".tmp.npy")
-            np.save(tmp, fs.feats)
-            os.replace(tmp, base.with_suffix(".npy"))
-            meta = {"ids": [u.id for u in fs.utts], "offsets": fs.offsets.tolist(), "failed": fs.failed}
-            tmp_meta = base.with_name(base.name + ".tmp.json")
-            tmp_meta.write_text(json.dumps(meta))
-            os.replace(tmp_meta, base.with_suffix(".json"))
-        except OSError:  # a read-only corpus folder: keep the features in memory only
-            pass
-    return fs
+            writable = os.access(base.parent, os.W_OK)
+        except OSError:
+            writable = False
+        if writable:
+            write_features(utts, cfg, base, speed, noise_snr, nj, desc=desc)
+            return _open_features(base, utts)
+    # a read-only corpus folder: a temporary file instead
+    return compute_features(utts, cfg, desc=desc, speed=speed, noise_snr=noise_snr, nj=nj)
 
 
 def bucket_batches(lengths: np.ndarray, batch_frames: int, generator: torch.Generator | None = None) -> list[list[int]]:
@@ -280,10 +286,10 @@ def prepare_data(
     snr = cfg.augment.noise_snr if training else []
     check_noise_snr(snr)
     utts = read_manifest(manifest)
-    versions = [load_features(manifest, utts, cfg.features, speed=s) for s in speeds]
+    versions = [load_features(manifest, utts, cfg.features, speed=s, nj=cfg.data.nj) for s in speeds]
     noisy = [False] * len(speeds)
     if snr:
-        versions += [load_features(manifest, utts, cfg.features, speed=s, noise_snr=(float(snr[0]), float(snr[1]))) for s in speeds]
+        versions += [load_features(manifest, utts, cfg.features, speed=s, noise_snr=(float(snr[0]), float(snr[1])), nj=cfg.data.nj) for s in speeds]
         noisy += [True] * len(speeds)
         speeds = list(speeds) * 2
     features = versions[0]

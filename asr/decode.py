@@ -16,7 +16,7 @@ import os
 import re
 import sys
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -110,6 +110,7 @@ def decode_manifest(
     batch_frames: int | None = None,
     nbest: int = 1,
     rate_check: SampleRateCheck | None = None,
+    select: Callable[[str], bool] | None = None,
 ) -> DecodeReport:
     """Decode every utterance of a manifest into a hypothesis JSONL of {"id", "text"} lines (plus
     "nbest": [{"text", "score"}] when nbest > 1), in manifest order. Unreadable audio is reported
@@ -118,10 +119,13 @@ def decode_manifest(
     Refused before any work (ManifestError, one line): a manifest with two entries of one id
     (their hypotheses could not be told apart) and an `out` that is the manifest itself. Audio
     below the model's sample rate is said once on stderr at the end (`rate_check`: add to a
-    caller's check instead, which then warns when it likes)."""
+    caller's check instead, which then warns when it likes). With `select`, only the utterances
+    whose id it accepts are decoded (a shard, `asr.shard`), after the whole manifest is checked."""
     t0 = time.time()
     utts = read_manifest(manifest)
     require_unique_ids(manifest, utts)
+    if select is not None:
+        utts = [u for u in utts if select(u.id)]
     if os.path.exists(out) and os.path.samefile(out, manifest):
         raise ManifestError(f"{out}: the hypotheses would overwrite the manifest {manifest}; write them elsewhere")
     model = load_model(model) if isinstance(model, (str, Path)) else model

@@ -98,9 +98,11 @@ def train_cmd(
     nproc: Annotated[int, typer.Option(help="Processes on this machine (distributed data parallel through torchrun).")] = 1,
     device: Annotated[str | None, typer.Option(help="auto, cpu or cuda (sets train.device).")] = None,
     threads: Annotated[int | None, typer.Option(help="CPU threads per process (sets train.threads).")] = None,
+    nj: Annotated[int | None, typer.Option("--nj", help="Processes computing the features (sets data.nj; 0: the cores).")] = None,
 ) -> None:
     """Train a BiLSTM-CTC model; writes best.pt, last.pt, metrics.csv and steps.csv into --out."""
     overrides = list(overrides or []) + ([f"train.device={device}"] if device else []) + ([f"train.threads={threads}"] if threads is not None else [])
+    overrides += [f"data.nj={nj}"] if nj is not None else []
     if nproc > 1 and "WORLD_SIZE" not in os.environ:  # start the processes; each comes back here under torchrun
         from asr.config import load_config
         from asr.distributed import launch_training
@@ -147,21 +149,51 @@ def decode_cmd(
     batch_frames: Annotated[int | None, typer.Option(help="Padded feature frames per batch.")] = None,
     device: Device = "cpu",
     threads: Threads = 0,
+    nj: Annotated[int, typer.Option("--nj", help="Worker processes on this machine, each of --threads threads (default 1); their outputs merged in manifest order.")] = 1,
+    shard: Annotated[str | None, typer.Option(help="Decode only shard I/N (by utterance id) into OUT.shard-I-of-N; `asr merge-shards` joins the N parts.")] = None,
 ) -> None:
     """Decode every utterance of a manifest (batched; greedy, or beam search with a lexicon and LM)."""
     from asr.decode import decode_manifest, load_model
 
-    _threads(threads)
+    select = None
+    if shard is not None:
+        from asr.shard import parse_shard, part_path, shard_of
+
+        index, count = parse_shard(shard)
+        out = part_path(out, index, count)
+        select = lambda uid: shard_of(uid, count) == index  # noqa: E731
+    if nj < 1:
+        raise typer.BadParameter(f"must be at least 1, got {nj}", param_hint="--nj")
+    _threads(threads if nj == 1 else 1)
     acoustic = load_model(model, device)
-    decoder = _decoder(
-        acoustic, beam, beam_size, beam_threshold, lexicon, lm, lm_weight, word_score, decoder_config, nbest, speeds,
-        hotwords_file=hotwords_file, hotword=hotword, grammar=grammar, grammar_threshold=grammar_threshold,
-    )
-    report = decode_manifest(acoustic, manifest, out, decoder, batch_frames, nbest)
+    context = {"hotwords_file": hotwords_file, "hotword": hotword, "grammar": grammar, "grammar_threshold": grammar_threshold}
+    if nj > 1:
+        from asr.shard import decode_parallel
+
+        options = decode_options(acoustic, beam, beam_size, beam_threshold, lexicon, lm, lm_weight, word_score, decoder_config, nbest, speeds, **context)
+        report = decode_parallel(model, manifest, out, nj, acoustic, options, batch_frames, nbest, threads or 1, device, select)
+    else:
+        decoder = _decoder(acoustic, beam, beam_size, beam_threshold, lexicon, lm, lm_weight, word_score, decoder_config, nbest, speeds, **context)
+        report = decode_manifest(acoustic, manifest, out, decoder, batch_frames, nbest, select=select)
     rtf = f", RTF {report.seconds / report.audio_seconds:.4f}" if report.audio_seconds else ""
     _echo(f"decoded {report.decoded} utterances ({len(report.failed)} failed) in {report.seconds:.1f} s{rtf} -> {out}")
     if report.failed and not report.decoded:
         raise typer.Exit(1)
+
+
+@app.command("merge-shards")
+def merge_shards_cmd(
+    manifest: Annotated[Path, typer.Argument(help="The manifest the shards were decoded from.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="The hypothesis JSONL to write; the parts are OUT.shard-I-of-N.")],
+    shards: Annotated[int, typer.Option(help="N, the number of shards (asr decode --shard I/N).")],
+) -> None:
+    """Join the parts of `asr decode --shard I/N` (all N, no id twice) into the file one process would write."""
+    from asr.shard import merge_shards
+
+    report = merge_shards(manifest, out, shards)
+    if report.missing:
+        _warn(f"warning: {len(report.missing)} utterance(s) of {manifest} have no hypothesis (unreadable audio, reported by their shard): {' '.join(report.missing[:20])}" + (" ..." if len(report.missing) > 20 else ""))
+    _echo(f"merged {shards} shards: {report.written} hypotheses -> {out}")
 
 
 @app.command("transcribe")
