@@ -304,6 +304,8 @@ def test_the_slider_scrolls_back_through_a_recording_once_it_has_stopped(streami
         time.sleep(0.3)
         end = driver.execute_script("return firstFrame()")
         assert end > 0 and driver.find_element(By.ID, "scroll").get_attribute("disabled") is None
+        spans = driver.execute_script("return ['scroll', 'cv-post'].map((id) => { const r = document.getElementById(id).getBoundingClientRect(); return [r.left, r.right]; })")
+        assert abs(spans[0][0] - spans[1][0]) <= 2 and abs(spans[0][1] - spans[1][1]) <= 2, f"the slider does not span the frames it scrolls: {spans}"
         shown = driver.execute_script("return document.getElementById('cv-forget').toDataURL()")
         for position in (0, end // 2):
             driver.execute_script("const s = document.getElementById('scroll'); s.value = arguments[0]; s.dispatchEvent(new Event('input'));", position)
