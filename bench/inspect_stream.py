@@ -13,9 +13,10 @@ check feeds the same pieces to the inspecting acoustic model alone (no endpoints
 not restarted) and compares every layer's gates and cell state, before quantisation, with
 `asr.inspect.inspect_features` over the whole file (tolerance 1e-3).
 
-Then (and alone with `--pauses`, for a model that cannot stream too) each layer's forget gate,
-averaged over its units, in speech and in pauses: an output frame is speech when its energy is
-within 30 dB of the file's loudest frame.
+Then (and alone with `--pauses`, for a model that cannot stream too) each layer's gates and
+|cell|, averaged over its units (forward direction), in speech and in pauses: an output frame is
+speech when its energy is within 30 dB of its file's loudest frame. With `--pauses`, AUDIO may be
+a manifest (.jsonl): the means are then over the frames of all its files.
 """
 
 from __future__ import annotations
@@ -73,8 +74,12 @@ def consistency(model, samples: np.ndarray, piece: int, units: int) -> list[floa
     return worst
 
 
-def forget_at_pauses(model, samples: np.ndarray) -> list[tuple[float, float, int, int]]:
-    """Per layer (forward direction): mean forget gate in speech, in pauses, and their frames."""
+VALUES = ("input", "forget", "output", "|c|")
+
+
+def gates_at_pauses(model, samples: np.ndarray) -> list[dict[str, tuple[float, int, float, int]]]:
+    """Per layer (forward direction), per value of VALUES: the sum of its per-frame unit mean
+    over speech frames, their count, the same over pause frames."""
     from asr.inspect import inspect_features
 
     insp = inspect_features(model, model.extractor(torch.from_numpy(samples)))
@@ -84,9 +89,29 @@ def forget_at_pauses(model, samples: np.ndarray) -> list[tuple[float, float, int
     speech = energy > energy.max() - 30
     out = []
     for g in insp.gates:
-        f = g.forget_gate.mean(1)
-        out.append((float(f[speech].mean()), float(f[~speech].mean()), int(speech.sum()), int((~speech).sum())))
+        layer = {}
+        for name, v in zip(VALUES, (g.input_gate, g.forget_gate, g.output_gate, np.abs(g.cell)), strict=True):
+            m = v.mean(1)
+            layer[name] = (float(m[speech].sum()), int(speech.sum()), float(m[~speech].sum()), int((~speech).sum()))
+        out.append(layer)
     return out
+
+
+def print_pauses(model, files: list[str]) -> None:
+    from asr.audio import load_audio
+
+    total: list[dict[str, list[float]]] = []
+    for path in files:
+        for i, layer in enumerate(gates_at_pauses(model, load_audio(path, model.cfg.features.sample_rate))):
+            if i == len(total):
+                total.append({name: [0.0, 0, 0.0, 0] for name in VALUES})
+            for name, values in layer.items():
+                total[i][name] = [a + b for a, b in zip(total[i][name], values, strict=True)]
+    print(f"speech and pauses over {len(files)} file(s): mean over the units, forward direction")
+    for i, layer in enumerate(total):
+        sp, n_sp, pause, n_pause = layer["forget"]
+        print(f"layer {i + 1}: mean forget gate {sp / n_sp:.3f} in speech ({n_sp} frames), {pause / max(n_pause, 1):.3f} in pauses ({n_pause} frames)")
+        print("         " + "; ".join(f"{name} {a / b:.3f} -> {c / max(d, 1):.3f}" for name, (a, b, c, d) in layer.items()))
 
 
 def main() -> None:
@@ -103,15 +128,20 @@ def main() -> None:
 
     import asr
     from asr.audio import load_audio
+    from asr.manifest import read_manifest
 
     model = asr.load_model(args.model)
     rate = model.cfg.features.sample_rate
+    if args.audio.endswith(".jsonl"):
+        if not args.pauses:
+            p.error("a manifest is for --pauses only; give one audio file to stream")
+        print_pauses(model, [u.audio for u in read_manifest(args.audio)])
+        return
     samples = load_audio(args.audio, rate)
     piece = max(1, int(args.piece * rate))
     if not args.pauses:
         streamed(model, samples, rate, piece, args)
-    for i, (sp, pause, n_sp, n_pause) in enumerate(forget_at_pauses(model, samples)):
-        print(f"layer {i + 1}: mean forget gate {sp:.3f} in speech ({n_sp} frames), {pause:.3f} in pauses ({n_pause} frames)")
+    print_pauses(model, [args.audio])
 
 
 def streamed(model, samples: np.ndarray, rate: int, piece: int, args: argparse.Namespace) -> None:

@@ -279,6 +279,46 @@ def test_page_draws_the_network_live_while_audio_plays(streaming_server, tmp_pat
         driver.quit()
 
 
+def test_the_slider_scrolls_back_through_a_recording_once_it_has_stopped(streaming_server, tmp_path: Path) -> None:
+    """After Stop (the stream closed), the picture no longer follows the newest frame: the slider
+    scrolls back through the whole recording without pressing Pause first."""
+    import time
+
+    from selenium.webdriver.common.by import By
+
+    mic = fake_microphone_file(tmp_path / "mic.wav", ["CAB", "DAD", "BAD"])
+    driver = _browser(fake_audio=mic)
+    try:
+        driver.get(streaming_server + "/")
+        _text_of(driver, "model")
+        driver.find_element(By.ID, "record").click()
+        view = driver.execute_script("return viewFrames()")
+        deadline = time.time() + 40
+        while time.time() < deadline and driver.execute_script("return scope.last") < view + 40:
+            time.sleep(0.2)
+        assert driver.execute_script("return scope.last") >= view + 40, "the page got too few inspect frames"
+        driver.find_element(By.ID, "stop").click()
+        deadline = time.time() + 10
+        while time.time() < deadline and driver.execute_script("return socket.readyState") != 3:
+            time.sleep(0.1)
+        time.sleep(0.3)
+        end = driver.execute_script("return firstFrame()")
+        assert end > 0 and driver.find_element(By.ID, "scroll").get_attribute("disabled") is None
+        spans = driver.execute_script("return ['scroll', 'cv-post'].map((id) => { const r = document.getElementById(id).getBoundingClientRect(); return [r.left, r.right]; })")
+        assert abs(spans[0][0] - spans[1][0]) <= 2 and abs(spans[0][1] - spans[1][1]) <= 2, f"the slider does not span the frames it scrolls: {spans}"
+        shown = driver.execute_script("return document.getElementById('cv-forget').toDataURL()")
+        for position in (0, end // 2):
+            driver.execute_script("const s = document.getElementById('scroll'); s.value = arguments[0]; s.dispatchEvent(new Event('input'));", position)
+            time.sleep(0.3)
+            assert driver.execute_script("return firstFrame()") == position
+            now = driver.execute_script("return document.getElementById('cv-forget').toDataURL()")
+            assert now != shown, f"the picture did not move to frame {position}"
+            shown = now
+        assert driver.find_element(By.ID, "pause").text == "Pause"  # not paused: the stream has ended
+    finally:
+        driver.quit()
+
+
 def test_page_draws_the_network_of_an_uploaded_file_both_directions(live_server, model, utterances, tmp_path: Path) -> None:  # noqa: F811
     """A file through the page's own route with the BLSTM: every layer's gates in both directions
     and the posteriors, drawn, with the file's words over them."""
