@@ -355,6 +355,54 @@ def _event(data: dict[str, Any]) -> bytes:
     return format_sse_event(data_str=json.dumps(data, ensure_ascii=False, separators=(",", ":")))
 
 
+class Refused(Exception):
+    """A request answered with `response` (an OpenAI-shaped error) instead of a transcript."""
+
+    def __init__(self, response: Any):
+        super().__init__(getattr(response, "status_code", None))
+        self.response = response
+
+
+async def read_upload(request: Request, max_fields: int) -> tuple[Any, Upload, str]:
+    """The request's multipart form (parsed in memory, `asr.server_form`), its `file` part and
+    the name errors call it by; Refused (400) for a form that does not parse or has no file."""
+    try:
+        form = parse_form(await request.body(), request.headers.get("content-type", ""), max_fields=max_fields, max_files=1)
+    except FormError as e:
+        raise Refused(openai_error(f"could not parse the multipart form: {e}", 400, code="invalid_request")) from None
+    upload = form.get("file")
+    if not isinstance(upload, Upload):
+        raise Refused(openai_error("no audio: send the recording as the multipart field 'file'", 400, param="file", code="invalid_request"))
+    return form, upload, upload.filename or UNNAMED_UPLOAD
+
+
+def submit(batcher: Batcher, audio: Audio | EncodedAudio, **job: Any) -> Job:
+    """`batcher.submit(audio, **job)`; Refused (503 with Retry-After) when its queue is full."""
+    try:
+        return batcher.submit(audio, **job)
+    except QueueFull as e:
+        response = openai_error(f"server busy: {e}; retry later", 503, code="overloaded")
+        response.headers["Retry-After"] = "1"
+        raise Refused(response) from None
+
+
+async def transcript_of(request: Request, job: Job, filename: str, timeout: float) -> Transcript:
+    """The job's Transcript (`outcome`); Refused with 504 past `timeout`, 499 when the client
+    has gone, 400/413 for audio found unusable while decoding, 500 for a server-side failure
+    (its details go to the server's log, not to the client)."""
+    try:
+        return await outcome(request, job, timeout)
+    except TimeoutError:
+        raise Refused(openai_error(f"{filename}: transcription took longer than {timeout:g} s", 504, code="timeout")) from None
+    except ClientGone:
+        raise Refused(Response(status_code=499)) from None  # nobody reads it
+    except AudioError as e:  # found while decoding a long recording block by block
+        raise Refused(audio_error(e)) from None
+    except Exception as e:
+        traceback.print_exception(e, file=sys.stderr)
+        raise Refused(openai_error(f"{filename}: recognition failed ({type(e).__name__})", 500, code="internal_error")) from None
+
+
 def audio_error(e: AudioError) -> JSONResponse:
     """An upload that cannot be used: 413 past --max-audio-seconds, else 400."""
     if isinstance(e, AudioTooLong):
@@ -527,12 +575,12 @@ def create_app(model: Any, options: DecodeOptions | None = None, config: ServerC
     @app.post("/v1/audio/transcriptions")
     async def transcriptions(request: Request) -> Any:
         try:
-            form = parse_form(await request.body(), request.headers.get("content-type", ""), max_fields=32, max_files=1)
-        except FormError as e:
-            return openai_error(f"could not parse the multipart form: {e}", 400, code="invalid_request")
-        upload = form.get("file")
-        if not isinstance(upload, Upload):
-            return openai_error("no audio: send the recording as the multipart field 'file'", 400, param="file", code="invalid_request")
+            return await transcription(request)
+        except Refused as r:
+            return r.response
+
+    async def transcription(request: Request) -> Any:
+        form, upload, filename = await read_upload(request, max_fields=32)
         fmt = str(form.get("response_format") or "json")
         if fmt not in RESPONSE_FORMATS:
             return openai_error(f"response_format must be one of {', '.join(RESPONSE_FORMATS)}, got {fmt!r}", 400, param="response_format", code="invalid_request")
@@ -545,7 +593,6 @@ def create_app(model: Any, options: DecodeOptions | None = None, config: ServerC
             return openai_error(f"stream must be true or false, got {streamed!r}", 400, param="stream", code="invalid_request")
         if streamed == "true" and fmt not in STREAM_FORMATS:
             return openai_error(f"stream=true sends text events: response_format must be {' or '.join(STREAM_FORMATS)}, got {fmt!r}", 400, param="stream", code="invalid_request")
-        filename = upload.filename or UNNAMED_UPLOAD
         try:
             request_options = await asyncio.to_thread(options_from_form, model, options, form, config.prompt_as_hotwords)
         except ValueError as e:
@@ -558,25 +605,10 @@ def create_app(model: Any, options: DecodeOptions | None = None, config: ServerC
             if rate_check.add(audio.source_rate if isinstance(audio, Audio) else audio.sample_rate):
                 rate_check.warn(sys.stderr)
         deltas = TextDeltas() if streamed == "true" else None
-        try:
-            job = batcher.submit(audio, word_times=fmt != "text" and fmt != "json", on_segment=deltas.segment_done if deltas else None, options=request_options)
-        except QueueFull as e:
-            response = openai_error(f"server busy: {e}; retry later", 503, code="overloaded")
-            response.headers["Retry-After"] = "1"
-            return response
+        job = submit(batcher, audio, word_times=fmt != "text" and fmt != "json", on_segment=deltas.segment_done if deltas else None, options=request_options)
         if deltas is not None:
             return EventSourceResponse(deltas.events(job, filename, config.request_timeout))
-        try:
-            result: Transcript = await outcome(request, job, config.request_timeout)
-        except TimeoutError:
-            return openai_error(f"{filename}: transcription took longer than {config.request_timeout:g} s", 504, code="timeout")
-        except ClientGone:
-            return Response(status_code=499)  # nobody reads it
-        except AudioError as e:  # found while decoding a long recording block by block
-            return audio_error(e)
-        except Exception as e:  # a server-side failure: its details stay in the server's log
-            traceback.print_exception(e, file=sys.stderr)
-            return openai_error(f"{filename}: recognition failed ({type(e).__name__})", 500, code="internal_error")
+        result = await transcript_of(request, job, filename, config.request_timeout)
         if fmt == "json":
             return {"text": result.text}
         if fmt == "text":

@@ -18,8 +18,6 @@ icon, needs no key) and the page's own upload route, `POST /v1/page/transcribe`:
 from __future__ import annotations
 
 import asyncio
-import sys
-import traceback
 from pathlib import Path
 from typing import Any
 
@@ -96,19 +94,20 @@ def add_page_routes(app: Any, model: Any = None, batcher: Any = None, config: An
 
     @app.post("/v1/page/transcribe")
     async def page_transcribe(request: Request) -> Any:
+        from asr.server import Refused
+
+        try:
+            return await page_transcription(request)
+        except Refused as r:
+            return r.response
+
+    async def page_transcription(request: Request) -> Any:
         from asr.audio import AudioError
         from asr.inference import LONG_AUDIO_SECONDS, Audio
         from asr.live_inspect import DEFAULT_UNITS, check_layer, file_inspection
-        from asr.server import UNNAMED_UPLOAD, ClientGone, QueueFull, audio_error, open_upload, openai_error, outcome
-        from asr.server_form import FormError, Upload, parse_form
+        from asr.server import audio_error, open_upload, openai_error, read_upload, submit, transcript_of
 
-        try:
-            form = parse_form(await request.body(), request.headers.get("content-type", ""), max_fields=8, max_files=1)
-        except FormError as e:
-            return openai_error(f"could not parse the multipart form: {e}", 400, code="invalid_request")
-        upload = form.get("file")
-        if not isinstance(upload, Upload):
-            return openai_error("no audio: send the recording as the multipart field 'file'", 400, param="file", code="invalid_request")
+        form, upload, filename = await read_upload(request, max_fields=8)
         layers: list[int] = []
         asked, units = form.get("inspect"), str(form.get("units") or DEFAULT_UNITS)
         if asked is not None:
@@ -118,7 +117,6 @@ def add_page_routes(app: Any, model: Any = None, batcher: Any = None, config: An
                     raise ValueError(f"inspect units must be a whole number from 1 to 256, got {units!r}")
             except ValueError as e:
                 return openai_error(str(e), 400, param="inspect", code="invalid_request")
-        filename = upload.filename or UNNAMED_UPLOAD
         try:
             audio = await asyncio.to_thread(open_upload, upload.data, filename, model.cfg.features.sample_rate, config.max_audio_seconds)
         except AudioError as e:
@@ -126,23 +124,8 @@ def add_page_routes(app: Any, model: Any = None, batcher: Any = None, config: An
         if layers and (audio.duration > INSPECT_MAX_SECONDS or not isinstance(audio, Audio)):
             limit = min(INSPECT_MAX_SECONDS, LONG_AUDIO_SECONDS)
             return openai_error(f"{filename}: inspect takes recordings up to {limit:g} s, this one is {audio.duration:.1f} s", 400, param="inspect", code="invalid_request")
-        try:
-            job = batcher.submit(audio, word_times=True)
-        except QueueFull as e:
-            response = openai_error(f"server busy: {e}; retry later", 503, code="overloaded")
-            response.headers["Retry-After"] = "1"
-            return response
-        try:
-            result = await outcome(request, job, config.request_timeout)
-        except TimeoutError:
-            return openai_error(f"{filename}: transcription took longer than {config.request_timeout:g} s", 504, code="timeout")
-        except ClientGone:
-            return Response(status_code=499)
-        except AudioError as e:  # found while decoding a long recording block by block
-            return audio_error(e)
-        except Exception as e:  # a server-side failure: its details stay in the server's log
-            traceback.print_exception(e, file=sys.stderr)
-            return openai_error(f"{filename}: recognition failed ({type(e).__name__})", 500, code="internal_error")
+        job = submit(batcher, audio, word_times=True)
+        result = await transcript_of(request, job, filename, config.request_timeout)
         out: dict[str, Any] = {
             "text": result.text,
             "duration": round(result.duration, 3),
