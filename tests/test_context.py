@@ -171,6 +171,33 @@ def test_hotword_adds_a_word_the_lexicon_and_lm_lack_and_changes_nothing_else(mo
     assert _count(both, refs, "CAB")[1] == said
 
 
+def test_cached_lm_scores_give_the_same_results_in_any_order(model, without_cab, test_set, monkeypatch) -> None:
+    """WordContextLM keeps KenLM scores across utterances and memoises score/finish per
+    utterance: decoding in another order, or with the cross-utterance cache restarted before
+    every utterance, gives the same hypotheses and scores."""
+    from asr import bias
+    from asr.inference import Audio, read_audio, recognize
+    from asr.options import resolve_options
+
+    items, _ = test_set
+    lexicon, lm = without_cab
+    options = resolve_options(model.cfg.decode, lexicon=lexicon, lm=lm, lm_weight=1.0, nbest=3, hotwords=parse_hotwords(["CAB:1", "DC CAB:2"]))
+    audios: list[Audio] = [read_audio(p, None, model.cfg.features.sample_rate) for _, p in items]
+
+    def run(order: list[int]) -> dict[int, list[tuple[str, float]]]:
+        search = bias.context_search(model.tokenizer, options)
+        out = {}
+        for i in order:
+            (t,) = recognize(model, [audios[i]], options, decoder=search, word_times=False)
+            out[i] = [(h.text, round(h.score, 4)) for h in t.nbest]
+        return out
+
+    forward = run(list(range(len(audios))))
+    assert run(list(reversed(range(len(audios))))) == forward
+    monkeypatch.setattr(bias, "KENLM_CACHE", 0)
+    assert run(list(range(len(audios)))) == forward
+
+
 def test_hotwords_without_a_lexicon_and_greedy_becoming_a_small_beam_search(model, test_set) -> None:
     from asr.bias import GREEDY_CONTEXT_BEAM, ContextSearch
     from asr.inference import decoder_for
