@@ -9,7 +9,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from asr.context import ContextError, ContextGraph, Grammar, parse_hotword, parse_hotwords, read_grammar, read_hotwords
+from asr.context import (
+    DEFAULT_BOOST,
+    ContextError,
+    ContextGraph,
+    Grammar,
+    parse_hotword,
+    parse_hotwords,
+    read_grammar,
+    read_hotwords,
+)
 
 # --------------------------------------------------------------------------------- parsing
 
@@ -17,14 +26,14 @@ from asr.context import ContextError, ContextGraph, Grammar, parse_hotword, pars
 def test_hotword_specs_and_files() -> None:
     h = parse_hotword("new york:3")
     assert h.words == ("NEW", "YORK") and h.boost == 3.0
-    assert parse_hotword("CAB").boost == 1.5
-    assert [str(x) for x in parse_hotwords(["CAB:1", "DAD", "cab:2"])] == ["DAD:1.5", "CAB:2"]  # the last boost wins
+    assert parse_hotword("CAB").boost == DEFAULT_BOOST
+    assert [str(x) for x in parse_hotwords(["CAB:1", "DAD", "cab:2"])] == [f"DAD:{DEFAULT_BOOST:g}", "CAB:2"]  # the last boost wins
 
 
 def test_hotwords_file(tmp_path: Path) -> None:
     f = tmp_path / "hot.txt"
     f.write_text("# names\nCAB\t2.5\n\nnew york\t4\nDAD\n", encoding="utf-8")
-    assert [(h.text, h.boost) for h in read_hotwords(f)] == [("CAB", 2.5), ("NEW YORK", 4.0), ("DAD", 1.5)]
+    assert [(h.text, h.boost) for h in read_hotwords(f)] == [("CAB", 2.5), ("NEW YORK", 4.0), ("DAD", DEFAULT_BOOST)]
 
 
 @pytest.mark.parametrize(
