@@ -21,6 +21,7 @@ Each flashlight decoder gets its own LM object (states are cached per utterance,
 
 from __future__ import annotations
 
+import functools
 import math
 import threading
 from collections.abc import Sequence
@@ -37,6 +38,7 @@ from asr.text import BLANK, WORD_BOUNDARY, Tokenizer
 __all__ = ["GRAMMAR_PENALTY", "WordContextLM", "TokenContextLM", "ContextHypothesis", "ContextSearch", "lexicon_decoder", "lexicon_free_decoder", "graph_bonus"]
 
 GRAMMAR_PENALTY = -1e4
+KENLM_CACHE = 1 << 20  # weighted KenLM scores of (state, word) pairs kept across utterances
 UNK = "<unk>"
 
 
@@ -45,7 +47,13 @@ class WordContextLM(CTCDecoderLM):
     plus the hotwords' context graph plus a grammar's restriction.
 
     words: the decoder's word list (its ids); base_ids[i]: word i's id in `base`'s dictionary
-    (the LM's unknown-word id for words it lacks, which KenLM scores as <unk>)."""
+    (the LM's unknown-word id for words it lacks, which KenLM scores as <unk>).
+
+    flashlight calls `score` for every hypothesis at a word's end in every frame, mostly with a
+    (state, word) pair it asked before, and each call from C++ into Python costs more than the
+    LM itself. So `score` and `finish` are `functools.lru_cache` wrappers (a cached answer is
+    found in C, without running Python code), cleared at `start`, and the weighted KenLM scores
+    are kept across utterances (KENLM_CACHE pairs at most) under one persistent start state."""
 
     def __init__(self, words: Sequence[str], base: Any = None, base_ids: Sequence[int] = (), lm_weight: float = 1.0, graph: ContextGraph | None = None, grammar: WordAutomaton | None = None):
         CTCDecoderLM.__init__(self)
@@ -56,28 +64,40 @@ class WordContextLM(CTCDecoderLM):
         # allows later in a phrase.
         self.restrict = True
         self._info: dict[Any, tuple[Any, Any, Any]] = {}
-        self._cache: dict[tuple[Any, int], tuple[Any, float]] = {}
+        self._base_root: Any = None
+        self._base_scores: dict[tuple[Any, int], tuple[Any, float]] = {}
+        # Instance attributes shadow the methods: pybind11 looks the override up on the object.
+        self.score = functools.lru_cache(maxsize=None)(self._score)  # type: ignore[method-assign]
+        self.finish = functools.lru_cache(maxsize=None)(self._finish)  # type: ignore[method-assign]
 
     def start(self, start_with_nothing: bool = False) -> Any:
-        self._info, self._cache = {}, {}
+        self._info = {}
+        self.score.cache_clear()
+        self.finish.cache_clear()
+        if self.base is not None and (self._base_root is None or len(self._base_scores) > KENLM_CACHE):
+            self._base_root, self._base_scores = self.base.start(False), {}
         state = CTCDecoderLMState()
         self._info[state] = (
-            self.base.start(False) if self.base is not None else None,
+            self._base_root,
             self.graph.start if self.graph is not None else None,
             self.grammar.start if self.grammar is not None else None,
         )
         return state
 
-    def score(self, state: Any, index: int) -> tuple[Any, float]:
-        key = (state, index)
-        hit = self._cache.get(key)
-        if hit is not None:
-            return hit
+    def _base_score(self, base: Any, index: int) -> tuple[Any, float]:
+        key = (base, index)
+        hit = self._base_scores.get(key)
+        if hit is None:
+            child, s = self.base.score(base, index) if index >= 0 else self.base.finish(base)
+            hit = self._base_scores[key] = (child, self.weight * s)
+        return hit
+
+    def _score(self, state: Any, index: int) -> tuple[Any, float]:
         base, ctx, gram = self._info[state]
         total = 0.0
         if self.base is not None:
-            base, s = self.base.score(base, self.base_ids[index])
-            total += self.weight * s
+            base, s = self._base_score(base, self.base_ids[index])
+            total += s
         if ctx is not None:
             ctx, delta = self.graph.step(ctx, index)
             total += delta
@@ -87,67 +107,55 @@ class WordContextLM(CTCDecoderLM):
                 total += GRAMMAR_PENALTY
         child = state.child(index)
         self._info[child] = (base, ctx, gram)
-        self._cache[key] = out = (child, total)
-        return out
+        return child, total
 
-    def finish(self, state: Any) -> tuple[Any, float]:
-        key = (state, -1)
-        hit = self._cache.get(key)
-        if hit is not None:
-            return hit
+    def _finish(self, state: Any) -> tuple[Any, float]:
         base, ctx, gram = self._info[state]
         total = 0.0
         if self.base is not None:
-            base, s = self.base.finish(base)
-            total += self.weight * s
+            base, s = self._base_score(base, -1)
+            total += s
         if ctx is not None:
             total += self.graph.finish(ctx)
         if gram is not None and not self.grammar.accepts(gram):
             total += GRAMMAR_PENALTY
         child = state.child(-1)
         self._info[child] = (base, ctx, gram)
-        self._cache[key] = out = (child, total)
-        return out
+        return child, total
 
 
 class TokenContextLM(CTCDecoderLM):
     """A token LM for the lexicon-free search: the hotwords' token-level context graph alone
-    (the search begins as if after a word boundary)."""
+    (the search begins as if after a word boundary). `score` and `finish` are cached as in
+    `WordContextLM`."""
 
     def __init__(self, graph: ContextGraph, boundary: int):
         CTCDecoderLM.__init__(self)
         self.graph = graph
         self.first = graph.step(graph.start, boundary)[0]
         self._info: dict[Any, Any] = {}
-        self._cache: dict[tuple[Any, int], tuple[Any, float]] = {}
+        self.score = functools.lru_cache(maxsize=None)(self._score)  # type: ignore[method-assign]
+        self.finish = functools.lru_cache(maxsize=None)(self._finish)  # type: ignore[method-assign]
 
     def start(self, start_with_nothing: bool = False) -> Any:
-        self._info, self._cache = {}, {}
+        self._info = {}
+        self.score.cache_clear()
+        self.finish.cache_clear()
         state = CTCDecoderLMState()
         self._info[state] = self.first
         return state
 
-    def score(self, state: Any, index: int) -> tuple[Any, float]:
-        key = (state, index)
-        hit = self._cache.get(key)
-        if hit is not None:
-            return hit
+    def _score(self, state: Any, index: int) -> tuple[Any, float]:
         ctx, delta = self.graph.step(self._info[state], index)
         child = state.child(index)
         self._info[child] = ctx
-        self._cache[key] = out = (child, delta)
-        return out
+        return child, delta
 
-    def finish(self, state: Any) -> tuple[Any, float]:
-        key = (state, -1)
-        hit = self._cache.get(key)
-        if hit is not None:
-            return hit
+    def _finish(self, state: Any) -> tuple[Any, float]:
         ctx = self._info[state]
         child = state.child(-1)
         self._info[child] = ctx
-        self._cache[key] = out = (child, self.graph.finish(ctx))
-        return out
+        return child, self.graph.finish(ctx)
 
 
 class ContextHypothesis(NamedTuple):

@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
+from asr.context import DEFAULT_BOOST
 from asr.options import DecodeOptions
 
 Beam = Annotated[bool, typer.Option("--beam", help="Beam search instead of greedy (implied by --lexicon, --lm, --nbest > 1, --speeds).")]
@@ -18,7 +19,7 @@ LM = Annotated[Path | None, typer.Option(help="n-gram LM, ARPA or KenLM binary (
 LMWeight = Annotated[float | None, typer.Option(help="LM weight.")]
 WordScore = Annotated[float | None, typer.Option(help="Score added per word.")]
 DecoderConfig = Annotated[Path | None, typer.Option("--decoder-config", help="TOML with a \\[decode] table, e.g. written by asr tune-decoder.")]
-HotwordsFile = Annotated[Path | None, typer.Option("--hotwords-file", help="Words or phrases to favour, one a line: word, or word<TAB>boost (boost: score added per letter and word end, default 1.5). Words missing from the lexicon are added. Greedy decoding then becomes a small beam search (beam 10, no lexicon).")]
+HotwordsFile = Annotated[Path | None, typer.Option("--hotwords-file", help=f"Words or phrases to favour, one a line: word, or word<TAB>boost (boost: score added per letter and word end, default {DEFAULT_BOOST:g}). Words missing from the lexicon are added. Greedy decoding then becomes a small beam search (beam 10, no lexicon).")]
 HotwordFlag = Annotated[list[str] | None, typer.Option("--hotword", help="A word or phrase to favour, WORD or WORD:BOOST (repeatable; with --hotwords-file too). Greedy decoding then becomes a small beam search (beam 10, no lexicon).")]
 GrammarFile = Annotated[Path | None, typer.Option("--grammar", help="Only these phrases may be recognised: one a line, ( A | B ) for a choice, [ A ] for optional words, # comments (docs/decoding.md). Speech fitting none gives an empty result.")]
 GrammarThreshold = Annotated[float | None, typer.Option(help="With --grammar: how far (nats) the best phrase may score below the acoustic model's best path before the speech counts as fitting none (inf: never).")]

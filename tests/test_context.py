@@ -9,7 +9,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from asr.context import ContextError, ContextGraph, Grammar, parse_hotword, parse_hotwords, read_grammar, read_hotwords
+from asr.context import (
+    DEFAULT_BOOST,
+    ContextError,
+    ContextGraph,
+    Grammar,
+    parse_hotword,
+    parse_hotwords,
+    read_grammar,
+    read_hotwords,
+)
 
 # --------------------------------------------------------------------------------- parsing
 
@@ -17,14 +26,14 @@ from asr.context import ContextError, ContextGraph, Grammar, parse_hotword, pars
 def test_hotword_specs_and_files() -> None:
     h = parse_hotword("new york:3")
     assert h.words == ("NEW", "YORK") and h.boost == 3.0
-    assert parse_hotword("CAB").boost == 1.5
-    assert [str(x) for x in parse_hotwords(["CAB:1", "DAD", "cab:2"])] == ["DAD:1.5", "CAB:2"]  # the last boost wins
+    assert parse_hotword("CAB").boost == DEFAULT_BOOST
+    assert [str(x) for x in parse_hotwords(["CAB:1", "DAD", "cab:2"])] == [f"DAD:{DEFAULT_BOOST:g}", "CAB:2"]  # the last boost wins
 
 
 def test_hotwords_file(tmp_path: Path) -> None:
     f = tmp_path / "hot.txt"
     f.write_text("# names\nCAB\t2.5\n\nnew york\t4\nDAD\n", encoding="utf-8")
-    assert [(h.text, h.boost) for h in read_hotwords(f)] == [("CAB", 2.5), ("NEW YORK", 4.0), ("DAD", 1.5)]
+    assert [(h.text, h.boost) for h in read_hotwords(f)] == [("CAB", 2.5), ("NEW YORK", 4.0), ("DAD", DEFAULT_BOOST)]
 
 
 @pytest.mark.parametrize(
@@ -169,6 +178,33 @@ def test_hotword_adds_a_word_the_lexicon_and_lm_lack_and_changes_nothing_else(mo
     # the same words through a hotword list of several, one of them a phrase
     both = _decode(model, items, lexicon=lexicon, lm=lm, lm_weight=1.0, hotwords=parse_hotwords(["CAB:1", "DC CAB:1"]))
     assert _count(both, refs, "CAB")[1] == said
+
+
+def test_cached_lm_scores_give_the_same_results_in_any_order(model, without_cab, test_set, monkeypatch) -> None:
+    """WordContextLM keeps KenLM scores across utterances and memoises score/finish per
+    utterance: decoding in another order, or with the cross-utterance cache restarted before
+    every utterance, gives the same hypotheses and scores."""
+    from asr import bias
+    from asr.inference import Audio, read_audio, recognize
+    from asr.options import resolve_options
+
+    items, _ = test_set
+    lexicon, lm = without_cab
+    options = resolve_options(model.cfg.decode, lexicon=lexicon, lm=lm, lm_weight=1.0, nbest=3, hotwords=parse_hotwords(["CAB:1", "DC CAB:2"]))
+    audios: list[Audio] = [read_audio(p, None, model.cfg.features.sample_rate) for _, p in items]
+
+    def run(order: list[int]) -> dict[int, list[tuple[str, float]]]:
+        search = bias.context_search(model.tokenizer, options)
+        out = {}
+        for i in order:
+            (t,) = recognize(model, [audios[i]], options, decoder=search, word_times=False)
+            out[i] = [(h.text, round(h.score, 4)) for h in t.nbest]
+        return out
+
+    forward = run(list(range(len(audios))))
+    assert run(list(reversed(range(len(audios))))) == forward
+    monkeypatch.setattr(bias, "KENLM_CACHE", 0)
+    assert run(list(range(len(audios)))) == forward
 
 
 def test_hotwords_without_a_lexicon_and_greedy_becoming_a_small_beam_search(model, test_set) -> None:
