@@ -275,6 +275,17 @@ def test_page_draws_the_network_live_while_audio_plays(streaming_server, tmp_pat
         hover = driver.find_element(By.ID, "hover").text
         assert " s (frame " in hover and "top tokens: " in hover and "forget " in hover and "|c| " in hover, hover
         driver.find_element(By.ID, "stop").click()
+        assert driver.execute_script("return scope.paused"), "stopping does not unfreeze the picture"
+        deadline = time.time() + 20
+        while time.time() < deadline and not driver.find_element(By.ID, "record").is_enabled():
+            time.sleep(0.2)
+        driver.find_element(By.ID, "record").click()  # a new recording starts unfrozen
+        deadline = time.time() + 40
+        while time.time() < deadline and not driver.execute_script("return scope.live"):
+            time.sleep(0.2)
+        assert driver.execute_script("return [scope.live, scope.paused]") == [True, False]
+        assert driver.find_element(By.ID, "pause").text == "Pause"
+        driver.find_element(By.ID, "stop").click()
     finally:
         driver.quit()
 
