@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from asr.fileio import read_text
 from asr.text import WORD_BOUNDARY, normalize
 
 __all__ = [
@@ -125,7 +126,7 @@ def read_hotwords(path: str | Path) -> tuple[Hotword, ...]:
     boost is the last tab-separated field), `#` comments and blank lines skipped; UTF-8.
     ContextError naming the file (and line) for a file that cannot be read, holds no hotwords,
     or has a boost that is not a number."""
-    lines = _read(path, "hotwords file").splitlines()
+    lines = read_text(path, ContextError, what="hotwords file").splitlines()
     out = []
     for n, raw in enumerate(lines, 1):
         line = raw.strip()
@@ -154,19 +155,6 @@ def _distinct(hotwords: list[Hotword], where: str) -> tuple[Hotword, ...]:
         kept.pop(h.words, None)
         kept[h.words] = h
     return tuple(kept.values())
-
-
-def _read(path: str | Path, what: str) -> str:
-    try:
-        return Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ContextError(f"{path}: {what} not found") from None
-    except IsADirectoryError:
-        raise ContextError(f"{path}: is a folder, not a {what}") from None
-    except UnicodeDecodeError:
-        raise ContextError(f"{path}: {what} is not UTF-8 text") from None
-    except OSError as e:
-        raise ContextError(f"{path}: cannot read the {what} ({e.strerror or e})") from None
 
 
 def check_spellable(words: Iterable[str], tokens: Sequence[str], where: str) -> None:
@@ -231,7 +219,7 @@ class Grammar:
 def read_grammar(path: str | Path) -> Grammar:
     """A grammar file (UTF-8, the syntax of the module docstring) -> Grammar; ContextError naming
     the file and line for one that cannot be read or does not parse."""
-    return Grammar(_read(path, "grammar file"), str(path))
+    return Grammar(read_text(path, ContextError, what="grammar file"), str(path))
 
 
 class WordAutomaton:

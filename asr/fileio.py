@@ -58,17 +58,17 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         f.write(data)
 
 
-def read_text(path: str | Path, error: type[Exception] = ValueError, errors: str = "strict") -> str:
+def read_text(path: str | Path, error: type[Exception] = ValueError, errors: str = "strict", what: str = "file") -> str:
     """A UTF-8 text file (a BOM is dropped); problems raise `error` with a one-line message naming
-    the file. errors="surrogateescape" reads bytes that are not UTF-8 (file names in a Kaldi
-    table) as lone surrogates instead of failing."""
+    the file (and calling it `what`, e.g. "grammar file"). errors="surrogateescape" reads bytes
+    that are not UTF-8 (file names in a Kaldi table) as lone surrogates instead of failing."""
     path = Path(path)
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
-        raise error(f"{path}: file not found") from None
+        raise error(f"{path}: {what} not found") from None
     except IsADirectoryError:
-        raise error(f"{path}: is a directory, not a file") from None
+        raise error(f"{path}: is a directory, not a {what}") from None
     except OSError as e:
         raise error(f"{path}: cannot read ({e.strerror})") from None
     try:
